@@ -1,0 +1,229 @@
+"""The public generation API: a LookaheadGenerator over one loaded model.
+
+It turns prompts (token ids, a user message, or chat messages) into validated inputs, picks the
+drafter and the draft-size policy, and runs the decode loop: `stream` yields chunks as steps
+accept them, `generate` collects them. Output is plain greedy decoding's, token for token; with
+sampling settings, a sample from exactly the distribution plain sampling draws from.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from generation.budget import choose_draft_size
+from generation.decode import Chunk, DecodeStats, DraftPolicy, decode
+from generation.detokenize import IncrementalDetokenizer
+from generation.models import DEFAULT_MODEL, LoadedModel, load_model
+from generation.sampling import SamplingParams
+from generation.step_cost import StepCostCurve, load_or_measure
+from generation.stopping import StopScanner
+from generation.verify import check_tree_attention
+from trie_store import Drafter, RequestDrafter
+
+Prompt = str | Sequence[Mapping[str, str]] | Sequence[int] | np.ndarray
+
+
+@dataclass(frozen=True)
+class LookaheadConfig:
+    """Per-request decoding settings.
+
+    `draft_size="auto"` picks each step's draft size from the measured step-cost curve so that
+    drafting never costs more than it yields; an int fixes it (0 = plain decoding), for
+    experiments and tests. `prompt + max_new_tokens` must fit the model's context window: the
+    engine refuses rather than silently truncating either. `sampling` defaults to greedy.
+    """
+
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    draft_size: int | Literal["auto"] = "auto"
+    max_draft_size: int = 64
+    ignore_eos: bool = False
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        if self.draft_size != "auto" and not (_is_int(self.draft_size) and self.draft_size >= 0):
+            raise ValueError(f"draft_size must be 'auto' or an int >= 0, got {self.draft_size!r}")
+        if not _is_int(self.max_draft_size) or self.max_draft_size < 0:
+            raise ValueError(f"max_draft_size must be an int >= 0, got {self.max_draft_size!r}")
+        if not isinstance(self.sampling, SamplingParams):
+            raise ValueError(f"sampling must be a SamplingParams, got {self.sampling!r}")
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # "eos", "stop" or "length"
+    stats: DecodeStats
+
+
+class LookaheadGenerator:
+    """Lossless lookahead decoding on one model; cheap to call, safe to reuse across requests."""
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        config: LookaheadConfig | None = None,
+        step_costs: StepCostCurve | None = None,
+    ) -> None:
+        check_tree_attention(lm.model)
+        self.lm = lm
+        self.config = config or LookaheadConfig()
+        self._step_costs = step_costs
+        if self.config.draft_size == "auto":
+            self.step_costs()  # measure (or read the cached curve) at start-up, not mid-request
+        generation_config = lm.model.generation_config
+        eos = generation_config.eos_token_id if generation_config is not None else None
+        eos = lm.model.config.eos_token_id if eos is None else eos
+        self.eos_ids = frozenset([eos] if isinstance(eos, int) else eos or ())
+        self.vocab_size = lm.model.get_input_embeddings().num_embeddings
+        self.context_window = context_window(lm.model.config)
+
+    @classmethod
+    def load(
+        cls,
+        model: str = DEFAULT_MODEL,
+        dtype: str = "float32",
+        device: str = "cpu",
+        config: LookaheadConfig | None = None,
+    ) -> LookaheadGenerator:
+        return cls(load_model(model, dtype=dtype, device=device), config)
+
+    def step_costs(self) -> StepCostCurve:
+        """The measured verify cost t(q) on this model and device (cached across runs)."""
+        if self._step_costs is None:
+            self._step_costs = load_or_measure(self.lm)
+        return self._step_costs
+
+    def encode(self, prompt: Prompt) -> np.ndarray:
+        """Token ids of a prompt: ids as given; a string is one user message; messages go
+        through the tokenizer's chat template with the assistant turn opened."""
+        if isinstance(prompt, str):
+            messages = [{"role": "user", "content": prompt}]
+        elif isinstance(prompt, np.ndarray) or (
+            isinstance(prompt, Sequence) and all(_is_int(t) for t in prompt)
+        ):
+            return self._check_ids(np.asarray(prompt))
+        elif isinstance(prompt, Sequence) and all(
+            isinstance(m, Mapping) and {"role", "content"} <= m.keys() for m in prompt
+        ):
+            messages = list(prompt)
+        else:
+            raise ValueError(
+                "a prompt is token ids, a string, or a list of "
+                f"{{'role': ..., 'content': ...}} messages; got {prompt!r:.200}"
+            )
+        tokenizer = self.lm.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                f"model {self.lm.name!r} has no chat template: pass token ids instead of messages"
+            )
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return self._check_ids(np.asarray(ids))
+
+    def stream(
+        self,
+        prompt: Prompt,
+        config: LookaheadConfig | None = None,
+        drafter: Drafter | None = None,
+    ) -> Iterator[Chunk]:
+        """Chunks as steps accept them; the last one carries `finish_reason` and the stats.
+
+        Input is checked here, before the first chunk is asked for. Without a drafter, one is
+        seeded from the prompt (the RAG service passes one seeded from its passages too).
+        """
+        config = config or self.config
+        ids = self.encode(prompt)
+        if self.context_window is not None and len(ids) + config.max_new_tokens > (
+            self.context_window
+        ):
+            raise ValueError(
+                f"the prompt has {len(ids)} tokens and max_new_tokens is "
+                f"{config.max_new_tokens}: together more than the context window of "
+                f"{self.context_window} tokens of {self.lm.name!r}; shorten the prompt or "
+                f"lower max_new_tokens"
+            )
+        scanner = StopScanner(
+            IncrementalDetokenizer(self.lm.tokenizer, ids),
+            frozenset() if config.ignore_eos else self.eos_ids,
+            config.stop,
+        )
+        return decode(
+            self.lm.model,
+            ids,
+            drafter if drafter is not None else default_drafter(ids),
+            self._policy(config),
+            scanner,
+            config.max_new_tokens,
+            config.sampling.rule(),
+        )
+
+    def generate(
+        self,
+        prompt: Prompt,
+        config: LookaheadConfig | None = None,
+        drafter: Drafter | None = None,
+    ) -> GenerationResult:
+        chunks = list(self.stream(prompt, config, drafter))
+        last = chunks[-1]
+        return GenerationResult(
+            token_ids=[t for c in chunks for t in c.token_ids],
+            text="".join(c.text for c in chunks),
+            finish_reason=last.finish_reason,
+            stats=last.stats,
+        )
+
+    def _policy(self, config: LookaheadConfig) -> DraftPolicy:
+        if config.draft_size != "auto":
+            size = config.draft_size
+            return DraftPolicy(max_nodes=size, choose=lambda _: size)
+        return DraftPolicy(
+            max_nodes=config.max_draft_size,
+            choose=functools.partial(
+                choose_draft_size, curve=self.step_costs(), max_size=config.max_draft_size
+            ),
+        )
+
+    def _check_ids(self, ids: np.ndarray) -> np.ndarray:
+        if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"prompt ids must be a non-empty 1-D integer sequence, got {ids!r}")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise ValueError(
+                f"prompt ids must lie in [0, {self.vocab_size}) for {self.lm.name!r}; "
+                f"got min {ids.min()}, max {ids.max()}"
+            )
+        return ids.astype(np.int64)
+
+
+def context_window(config) -> int | None:
+    """Tokens the model can attend over: its position limit, and its sliding window if any
+    (the tree mask is a full-attention mask, exact only while everything fits the window)."""
+    limits = [
+        getattr(config, name)
+        for name in ("max_position_embeddings", "n_positions", "sliding_window")
+        if _is_int(getattr(config, name, None))
+    ]
+    return min(limits, default=None)
+
+
+def default_drafter(prompt: np.ndarray) -> Drafter:
+    """A request trie seeded from the prompt alone."""
+    return RequestDrafter(prompt)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

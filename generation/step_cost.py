@@ -1,0 +1,220 @@
+"""The step-cost curve t(q): what one verify pass of q tokens costs on this model and device.
+
+Drafting pays only when the tokens a step is expected to yield grow faster than its cost
+(DESIGN.md, "Cost model"); on a GPU t(64) ~ t(1), on a CPU it is not. So the engine measures
+t(q) once per model, device, dtype and thread count, the way it runs its steps (a tree-shaped
+draft through `verify_forward` over a cache of a few hundred tokens, the argmax on the host,
+then `keep_accepted_kv`), and keeps it as JSON beside the converted models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from generation.models import LoadedModel, cache_dir
+from generation.verify import keep_accepted_kv, verify_forward
+from trie_store.draft import Draft
+
+QS = (1, 2, 4, 8, 16, 32, 64)
+STARTUP_QS = (1, 2, 4, 8, 16, 32)  # beyond 32: the last slope
+CONTEXT_LEN = 700
+# Bump when the verify pass changes how fast it runs, so cached curves are measured again.
+CURVE_VERSION = 1
+
+
+@dataclass
+class StepCostCurve:
+    """Median milliseconds of one verify pass of `q` tokens, for the `q` that were measured."""
+
+    t_ms: dict[int, float]
+    device: str
+    dtype: str
+    model: str
+    threads: int
+    batch: int = 1
+    context_len: int = CONTEXT_LEN
+
+    def __post_init__(self) -> None:
+        if not self.t_ms or min(self.t_ms) < 1 or min(self.t_ms.values()) <= 0:
+            raise ValueError(f"a step-cost curve needs positive times for q >= 1, got {self.t_ms}")
+        self.t_ms = {int(q): float(t) for q, t in sorted(self.t_ms.items())}
+        self._qs = np.array(list(self.t_ms), dtype=np.float64)
+        self._ts = np.array(list(self.t_ms.values()), dtype=np.float64)
+
+    def time(self, q: int) -> float:
+        """t(q) in ms: linear between measured points, flat below the first, last slope above."""
+        return float(self.times(np.array([q]))[0])
+
+    def times(self, qs: np.ndarray) -> np.ndarray:
+        """`time` for an array of `q` (what the per-step budget choice uses)."""
+        qs = np.asarray(qs, dtype=np.float64)
+        if qs.size and qs.min() < 1:
+            raise ValueError(f"a verify pass has q >= 1 tokens, got {qs.min():g}")
+        out = np.interp(qs, self._qs, self._ts)
+        if len(self._qs) > 1:
+            slope = (self._ts[-1] - self._ts[-2]) / (self._qs[-1] - self._qs[-2])
+            above = qs > self._qs[-1]
+            out[above] = self._ts[-1] + max(slope, 0.0) * (qs[above] - self._qs[-1])
+        return out
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["t_ms"] = {str(q): round(t, 3) for q, t in self.t_ms.items()}
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> StepCostCurve:
+        data = json.loads(text)
+        data["t_ms"] = {int(q): float(t) for q, t in data["t_ms"].items()}
+        return cls(**data)
+
+
+def tree_draft(q: int, rng: np.random.Generator, vocab: int) -> Draft:
+    """A best-first draft of `q` nodes shaped like a trie's: a main branch with side branches."""
+    parent = np.full(q, -1, dtype=np.int32)
+    depth = np.zeros(q, dtype=np.int32)
+    for i in range(1, q):
+        # every third node starts a side branch off an earlier node; the rest extend the last one
+        parent[i] = i - 1 if i % 3 else int(rng.integers(0, i - 1))
+        depth[i] = depth[parent[i]] + 1
+    scores = np.concatenate([[1.0], np.linspace(0.9, 0.05, q - 1)]) if q > 1 else np.ones(1)
+    return Draft(rng.integers(0, vocab, q).astype(np.int64), parent, depth, scores)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _one_step_ms(lm: LoadedModel, cache: DynamicCache, draft: Draft, past_len: int) -> float:
+    """One engine step's device work: verify, argmax to the host, keep the root and a child."""
+    _synchronize(lm.device)
+    t0 = time.perf_counter()
+    logits = verify_forward(lm.model, cache, draft, past_len)
+    logits.argmax(dim=-1).cpu()  # the host needs the targets: this waits for the device
+    keep_accepted_kv(cache, past_len, np.arange(min(2, len(draft))))
+    elapsed = (time.perf_counter() - t0) * 1e3
+    cache.crop(past_len - cache.get_seq_length())  # back to the same context for the next pass
+    return elapsed
+
+
+def _prefilled_cache(lm: LoadedModel, context: np.ndarray) -> DynamicCache:
+    context = torch.from_numpy(context).to(lm.device).unsqueeze(0)
+    cache = DynamicCache(config=lm.model.config)
+    with torch.inference_mode():
+        lm.model(input_ids=context, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return cache
+
+
+def sample_step_costs(
+    lms: Sequence[LoadedModel],
+    qs: Sequence[int] = QS,
+    context_len: int = CONTEXT_LEN,
+    repeats: int = 9,
+    warmup: int = 2,
+    seed: int = 0,
+) -> list[dict[int, list[float]]]:
+    """Per model, `repeats` step times (ms) for each `q`, interleaved round by round over the
+    models and the `qs`, so that a noisy neighbour slows every one alike."""
+    qs = sorted({int(q) for q in qs})
+    if not qs or qs[0] < 1:
+        raise ValueError(f"qs must be positive token counts, got {qs}")
+    if repeats < 1 or warmup < 0 or context_len < 1:
+        raise ValueError("repeats >= 1, warmup >= 0 and context_len >= 1 are needed")
+    for lm in lms:
+        limit = getattr(lm.model.config, "max_position_embeddings", None)
+        if limit is not None and context_len + qs[-1] > limit:
+            raise ValueError(
+                f"context_len {context_len} + q {qs[-1]} exceeds {lm.name}'s context window {limit}"
+            )
+    rng = np.random.default_rng(seed)
+    vocab = min(lm.model.get_input_embeddings().num_embeddings for lm in lms)
+    context = rng.integers(0, vocab, context_len)
+    caches = [_prefilled_cache(lm, context) for lm in lms]
+    samples: list[dict[int, list[float]]] = [{q: [] for q in qs} for _ in lms]
+    for round_ in range(warmup + repeats):
+        for q in qs:
+            draft = tree_draft(q, rng, vocab)
+            for lm, cache, times in zip(lms, caches, samples, strict=True):
+                ms = _one_step_ms(lm, cache, draft, context_len)
+                if round_ >= warmup:
+                    times[q].append(ms)
+    return samples
+
+
+def curve_from_samples(
+    lm: LoadedModel, samples: dict[int, list[float]], context_len: int
+) -> StepCostCurve:
+    return StepCostCurve(
+        t_ms={q: statistics.median(v) for q, v in samples.items()},
+        device=str(lm.device),
+        dtype=str(lm.dtype).removeprefix("torch."),
+        model=lm.name,
+        threads=torch.get_num_threads(),
+        context_len=context_len,
+    )
+
+
+def measure_step_costs(
+    lm: LoadedModel,
+    qs: Sequence[int] = QS,
+    context_len: int = CONTEXT_LEN,
+    repeats: int = 9,
+    warmup: int = 2,
+    seed: int = 0,
+) -> StepCostCurve:
+    """The median step time of each `q` (see `sample_step_costs`)."""
+    samples = sample_step_costs([lm], qs, context_len, repeats, warmup, seed)[0]
+    return curve_from_samples(lm, samples, context_len)
+
+
+def curve_path(lm: LoadedModel) -> Path:
+    """One file per model, device, dtype, thread count, speed-ups and torch version."""
+    key = "|".join(
+        map(
+            str,
+            (
+                lm.name,
+                lm.device,
+                lm.dtype,
+                torch.get_num_threads(),
+                ",".join(lm.speedups),
+                torch.__version__,
+                CURVE_VERSION,
+            ),
+        )
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in lm.name)[-48:]
+    return cache_dir() / "step_costs" / f"{stem}-{digest}.json"
+
+
+def load_or_measure(lm: LoadedModel) -> StepCostCurve:
+    """The cached curve of this set-up, or a short measurement (~1-2 s here) saved for next time.
+
+    A corrupt or unreadable cache file is measured again, never trusted.
+    """
+    path = curve_path(lm)
+    try:
+        return StepCostCurve.from_json(path.read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    curve = measure_step_costs(lm, qs=STARTUP_QS, repeats=3, warmup=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside and renamed: concurrent start-ups never read a half-written file.
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+        f.write(curve.to_json())
+    os.replace(f.name, path)
+    return curve

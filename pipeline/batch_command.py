@@ -1,0 +1,139 @@
+"""`lookahead-rag batch`: answer a file of questions with the service's own parts on Ray Data.
+
+Each retriever actor opens the configured index and each generator actor loads the configured
+model (`pipeline.rag.Answerer`) with its own sync of the shared n-grams (`ngrams.*`), so a
+batch answer is the answer the service gives. Finished blocks are written as they come
+(`pipeline.batch`); `--resume` skips the rows an earlier run settled. The JSON summary is the
+last line printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from pipeline.batch import BatchOptions, Retriever, Stages, run_batch
+from pipeline.batch_io import FORMATS, read_questions, settled_ids
+from pipeline.config import Config, add_config_arguments, config_from_args
+from pipeline.wire import Answer, GenerationJob
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--questions", required=True, type=Path, help="JSONL ({id, question} lines) or Parquet"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="folder for the answer parts")
+    parser.add_argument(
+        "--resume", action="store_true", help="skip the rows answered by an earlier run in --out"
+    )
+    parser.add_argument("--actors", type=int, default=1, help="generator actors (default 1)")
+    parser.add_argument(
+        "--retrieve-actors", type=int, default=1, help="retriever actors (default 1)"
+    )
+    parser.add_argument(
+        "--gpus-per-actor", type=float, default=0.0, help="GPUs per generator actor (0: CPU)"
+    )
+    parser.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        default=1.0,
+        help="Ray CPUs each actor reserves (default 1); torch threads: model.torch_threads",
+    )
+    parser.add_argument("--format", choices=FORMATS, default="jsonl", help="part file format")
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="plain decoding, no drafts (generation.lookahead=false): the speed baseline",
+    )
+
+
+def make_retriever(config: Config) -> Retriever:
+    from pipeline.resources import open_index
+
+    index = open_index(config)
+    k = max(config.retrieval.top_k, config.retrieval.seed_k)  # the extra ones seed the trie
+    return lambda questions: index.search(list(questions), k)
+
+
+class ServiceAnswerer:
+    """The Generator's answerer on a batch actor, with its own shared n-gram sync (as each
+    Serve Generator replica has): answers learnt here help the other actors and the service."""
+
+    def __init__(self, config: Config) -> None:
+        from pipeline.rag import Answerer as RagAnswerer
+
+        self.config = config
+        self.answerer = RagAnswerer.load(config.model, config.generation, config.ngrams)
+
+    def __call__(self, question: str, passages: Sequence[Any]) -> dict[str, Any]:
+        settings = self.config.generation
+        job = GenerationJob(
+            messages=({"role": "user", "content": question},),
+            passages=tuple(passages),
+            top_k=self.config.retrieval.top_k,
+            max_tokens=settings.max_tokens,
+            lookahead=settings.lookahead,
+        )
+        return answer_fields(Answer.collect(self.answerer.stream(job)))
+
+    def flush(self) -> None:
+        """Push this block's n-grams and pull the others' (one store round trip each)."""
+        if self.answerer.ngrams is not None:
+            self.answerer.ngrams.sync_now()
+
+    def close(self) -> None:
+        self.answerer.close()
+
+
+def answer_fields(answer: Answer) -> dict[str, Any]:
+    """An answer as the `answer`, `finish_reason`, `sources`, `stats` of a batch record."""
+    finished = answer.finished
+    if finished is None:
+        raise RuntimeError("generation ended without finishing the answer")
+    stats = finished.summary.as_dict(finished.completion_tokens)
+    return {
+        "answer": answer.text,
+        "finish_reason": finished.finish_reason,
+        "sources": [asdict(source) for source in answer.sources],
+        "stats": {
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": finished.completion_tokens,
+            **stats,
+        },
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline import ray_runtime
+
+    for flag in ("actors", "retrieve_actors"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.gpus_per_actor < 0 or args.cpus_per_actor <= 0:
+        raise SystemExit("--gpus-per-actor must be >= 0 and --cpus-per-actor > 0")
+    config = config_from_args(args, generation__lookahead=False if args.plain else None)
+    try:
+        questions = read_questions(args.questions, config.limits.max_input_chars)
+    except ValueError as exc:  # the whole file is unusable; a bad row is only that row's error
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    skip = frozenset(settled_ids(args.out)) if args.resume else frozenset()
+    options = BatchOptions(
+        retrieve_actors=args.retrieve_actors,
+        generate_actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+        cpus_per_actor=args.cpus_per_actor,
+        fmt=args.format,
+    )
+    stages = Stages(partial(make_retriever, config), partial(ServiceAnswerer, config))
+    session = partial(ray_runtime.connected, config, quiet=True)
+    summary = run_batch(questions, args.out, stages, options, skip, session)
+    print(json.dumps(summary.as_dict()))
+    return 0

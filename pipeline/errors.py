@@ -1,0 +1,116 @@
+"""Every failure the HTTP API reports, as OpenAI-style JSON: `{"error": {message, type, param,
+code}}` with the status code a client can act on (4xx: fix the request; 503: retry later)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from pipeline.schemas import error_body
+from pipeline.wire import ContextTooLongError
+
+
+class ApiError(Exception):
+    """A request the API refuses; raised anywhere below a route and rendered by the handlers."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(status, message, type_, param, code)
+        self.status, self.message, self.type, self.param, self.code = (
+            status,
+            message,
+            type_,
+            param,
+            code,
+        )
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(
+            error_body(self.message, self.type, self.param, self.code), status_code=self.status
+        )
+
+
+class BackendUnavailableError(RuntimeError):
+    """A retriever or generator cannot be reached (down, restarting, overloaded)."""
+
+
+def to_api_error(exc: Exception) -> ApiError:
+    """The API error for any exception a route lets through."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, ContextTooLongError):
+        return ApiError(400, str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, BackendUnavailableError):
+        return ApiError(503, str(exc), type_="service_unavailable", code="backend_unavailable")
+    return ApiError(500, "internal error; see the server log", type_="server_error")
+
+
+def _param(loc: tuple) -> str | None:
+    """`("body", "messages", 0, "content")` -> `"messages[0].content"`."""
+    out = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or None
+
+
+def validation_error(exc: RequestValidationError) -> ApiError:
+    """The first problem of a request that does not parse or validate, named by its field."""
+    errors = exc.errors()
+    # A misspelt field also makes the real one "missing": name the misspelling.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    kind, loc = first["type"], tuple(first["loc"])
+    if kind == "json_invalid":
+        detail = first.get("ctx", {}).get("error", "malformed JSON")
+        return ApiError(400, f"request body is not valid JSON: {detail}", code="invalid_json")
+    param = _param(loc)
+    if param is None or kind == "model_attributes_type":
+        return ApiError(
+            400,
+            "request body must be a JSON object sent with Content-Type: application/json",
+            code="invalid_body",
+        )
+    if kind == "missing":
+        return ApiError(400, f"missing required field {param!r}", param=param, code="missing")
+    if kind == "extra_forbidden":
+        return ApiError(400, f"unknown field {param!r}", param=param, code="unknown_field")
+    message = first["msg"].removeprefix("Value error, ")
+    return ApiError(400, f"invalid {param!r}: {message}", param=param, code="invalid_value")
+
+
+def install_error_handlers(app: FastAPI, on_error: Callable[[Request, ApiError], None]) -> None:
+    """Render every failure as OpenAI-style JSON; `on_error` sees each one (for metrics)."""
+
+    def render(request: Request, error: ApiError) -> JSONResponse:
+        on_error(request, error)
+        return error.response()
+
+    async def on_known(request: Request, exc: Exception) -> JSONResponse:
+        return render(request, to_api_error(exc))
+
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return render(request, validation_error(exc))
+
+    async def on_http(request: Request, exc: HTTPException) -> JSONResponse:
+        status, message = exc.status_code, str(exc.detail)
+        if status in (404, 405):
+            message = f"{request.method} {request.url.path}: {message.lower()}; see /docs"
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+        error = ApiError(status, message, code=code.get(status))
+        return render(request, error)
+
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(HTTPException, on_http)
+    for known in (ApiError, ContextTooLongError, BackendUnavailableError):
+        app.add_exception_handler(known, on_known)
+    # Anything else is a bug: a 500 in the same shape (Starlette still logs the traceback).
+    app.add_exception_handler(Exception, on_known)

@@ -1,0 +1,175 @@
+"""Prometheus metrics of the HTTP API, measured where users feel them: at the ingress.
+
+Each app instance owns its registry (several apps in one process never share counters). With
+more than one ingress replica, each exposes its own figures at `/metrics`; scrape them all.
+What the Generator replicas count themselves (their n-gram sync: store fallbacks, pulls, bad
+members) rides on each answer to the ingress and is shown here too, labelled by `replica`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from pipeline.wire import Finished, ReplicaMetrics
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
+_ITL_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1, 2)
+_RATE_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 40, 60, 80, 120, 200, 400)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+REPLICA_STALE_S = 900.0  # a replica unheard of for this long is gone (or idle): not shown
+
+
+class ReplicaCollector(Collector):
+    """The latest figures each Generator replica sent, merged by metric name, one `replica` label
+    per replica. Values are the replica's own (cumulative counters stay cumulative)."""
+
+    def __init__(self, stale_s: float = REPLICA_STALE_S) -> None:
+        self.stale_s = stale_s
+        self._latest: dict[str, tuple[float, ReplicaMetrics]] = {}
+        self._lock = threading.Lock()
+
+    def update(self, snapshot: ReplicaMetrics) -> None:
+        with self._lock:
+            self._latest[snapshot.replica] = (time.monotonic(), snapshot)
+
+    def collect(self) -> Iterable[Metric]:
+        cutoff = time.monotonic() - self.stale_s
+        with self._lock:
+            self._latest = {k: v for k, v in self._latest.items() if v[0] >= cutoff}
+            snapshots = [snapshot for _, (_, snapshot) in sorted(self._latest.items())]
+        merged: dict[str, Metric] = {}
+        for snapshot in snapshots:
+            for family in snapshot.families:
+                out = merged.get(family.name)
+                if out is None:
+                    out = Metric(family.name, family.documentation, family.type, family.unit)
+                    merged[family.name] = out
+                for s in family.samples:
+                    labels = {**s.labels, "replica": snapshot.replica}
+                    out.add_sample(s.name, labels, s.value, s.timestamp, s.exemplar)
+        return list(merged.values())
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "lookahead_rag_requests", "HTTP requests answered", ["endpoint", "status"], registry=r
+        )
+        self.errors = Counter(
+            "lookahead_rag_errors", "requests that failed", ["endpoint", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "lookahead_rag_request_seconds",
+            "end-to-end latency of generating requests",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "lookahead_rag_time_to_first_token_seconds",
+            "request arrival to the first generated text",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "lookahead_rag_inter_token_latency_seconds",
+            "time per generated token after the first (a step's time over its tokens)",
+            buckets=_ITL_BUCKETS,
+            registry=r,
+        )
+        self.tokens_per_second = Histogram(
+            "lookahead_rag_tokens_per_second",
+            "decoding speed of a request (completion tokens over decode time)",
+            buckets=_RATE_BUCKETS,
+            registry=r,
+        )
+        self.completion_tokens = Counter(
+            "lookahead_rag_completion_tokens", "tokens generated", registry=r
+        )
+        self.prompt_tokens = Counter("lookahead_rag_prompt_tokens", "prompt tokens", registry=r)
+        self.steps = Counter(
+            "lookahead_rag_decode_steps", "forward passes of the decode loop", registry=r
+        )
+        self.draft_tokens = Counter(
+            "lookahead_rag_draft_tokens", "drafted tokens sent to verification", registry=r
+        )
+        self.accepted_tokens = Counter(
+            "lookahead_rag_accepted_tokens", "drafted tokens the model accepted", registry=r
+        )
+        mean = Gauge(
+            "lookahead_rag_mean_accepted_length",
+            "tokens emitted per decoding step (1 + accepted drafts), over all requests",
+            registry=r,
+        )
+        mean.set_function(self._mean_accepted_length)
+        self.replicas = ReplicaCollector()
+        r.register(self.replicas)
+        self._emitted = 0  # mirrors of two counters, for the gauge
+        self._stepped = 0
+
+    def _mean_accepted_length(self) -> float:
+        return self._emitted / self._stepped if self._stepped else 0.0
+
+    def record_answer(
+        self, endpoint: str, seconds: float, prompt_tokens: int, finished: Finished
+    ) -> None:
+        summary, tokens = finished.summary, finished.completion_tokens
+        self.latency.labels(endpoint).observe(seconds)
+        self.prompt_tokens.inc(prompt_tokens)
+        self.completion_tokens.inc(tokens)
+        self.steps.inc(summary.steps)
+        self.draft_tokens.inc(summary.draft_tokens)
+        self.accepted_tokens.inc(summary.accepted_tokens)
+        self._emitted += tokens
+        self._stepped += summary.steps
+        if finished.replica is not None:
+            self.replicas.update(finished.replica)
+        if summary.decode_seconds > 0:
+            self.tokens_per_second.observe(tokens / summary.decode_seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def trace(self, endpoint: str, arrived: float) -> Trace:
+        """Timing of one request that arrived at `arrived` (`time.perf_counter()`)."""
+        return Trace(self, endpoint, arrived)
+
+
+@dataclass
+class Trace:
+    """Timing of one generating request, fed event by event as they leave the ingress."""
+
+    metrics: Metrics
+    endpoint: str
+    started: float
+    last: float | None = None
+
+    def on_tokens(self, n_tokens: int) -> None:
+        """A decoding step's tokens arrived: the first ones set TTFT, later ones the ITL."""
+        if not n_tokens:
+            return
+        now = time.perf_counter()
+        if self.last is None:
+            self.metrics.ttft.labels(self.endpoint).observe(now - self.started)
+        else:
+            gap = (now - self.last) / n_tokens
+            for _ in range(n_tokens):
+                self.metrics.itl.observe(gap)
+        self.last = now
+
+    def on_finish(self, prompt_tokens: int, finished: Finished) -> None:
+        self.metrics.record_answer(
+            self.endpoint, time.perf_counter() - self.started, prompt_tokens, finished
+        )

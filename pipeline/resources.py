@@ -1,0 +1,53 @@
+"""The service's index: where it lives, built once on first use, opened with a clear error.
+
+The default corpus is the embedded stdlib docs, so a fresh machine gets a working index with no
+download; it is built once into the cache directory and reused by every later run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from generation.models import cache_dir
+from pipeline.config import Config
+from retrieval import STDLIB
+
+
+def index_dir(config: Config) -> Path:
+    """`retrieval.index_dir`, else a cache folder named after the corpus."""
+    retrieval = config.retrieval
+    if retrieval.index_dir is not None:
+        return Path(retrieval.index_dir)
+    if retrieval.corpus == STDLIB:
+        name = STDLIB
+    else:
+        corpus = Path(retrieval.corpus).resolve()
+        name = f"{corpus.stem}-{hashlib.sha256(str(corpus).encode()).hexdigest()[:8]}"
+    return cache_dir() / "indexes" / name
+
+
+def ensure_index(config: Config, progress: bool = True) -> Path:
+    """The index directory, built from `retrieval.corpus` first if it does not exist yet."""
+    from retrieval import BuildConfig, build_index, read_corpus
+
+    path = index_dir(config)
+    if not path.exists():  # retrieval writes index folders atomically: present means complete
+        corpus = config.retrieval.corpus
+        print(f"building the {corpus!r} index into {path} (once)", flush=True)
+        build_index(read_corpus(corpus), config=BuildConfig(progress=progress), out=path)
+    return path
+
+
+def open_index(config: Config):
+    """The loaded index, or a FileNotFoundError that says how to make one."""
+    from retrieval import load_index
+
+    path = index_dir(config)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no index at {path}: build it with `lookahead-rag index --corpus "
+            f"{config.retrieval.corpus} --out {path}`, or start with `lookahead-rag serve`, "
+            "which builds the configured corpus first"
+        )
+    return load_index(path)

@@ -1,0 +1,220 @@
+"""Request and response bodies of the HTTP API: `/v1/rag` and the OpenAI-compatible endpoints.
+
+Requests are strict (a string is never coerced into a number) and check their own shape; the
+limits that come from the config (`max_tokens`, `top_k`, input size) are checked by
+`pipeline.api`, which knows the config. The OpenAI models ignore fields they do not know, as
+OpenAI clients send many optional ones; `/v1/rag` is ours and refuses unknown fields.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or only whitespace")
+    return value
+
+
+NonBlank = Annotated[str, AfterValidator(_not_blank)]
+
+
+class GenerationRequest(BaseModel):
+    """Fields every generating endpoint takes."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    max_tokens: int | None = None
+    # Sampling: temperature 0 is greedy. Lookahead samples from exactly the distribution plain
+    # sampling does; a `seed` repeats an answer (same seed, same drafts: see the README).
+    temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stream: bool = False
+    # Extensions: transformers' repetition penalty (1 = none), retrieval on/off, how many
+    # passages go into the prompt (so `top_k` is retrieval's, not sampling's), and plain
+    # decoding (lookahead off) for comparisons: the same answers under greedy decoding, the
+    # same distribution of answers under sampling.
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, allow_inf_nan=False)
+    rag: bool = True
+    top_k: int | None = None
+    lookahead: bool = True
+
+    def answer_tokens(self) -> int | None:
+        """The answer length asked for; None: the configured default."""
+        return self.max_tokens
+
+
+class RagRequest(GenerationRequest):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    question: NonBlank
+
+
+def _text_content(value: Any) -> Any:
+    """OpenAI content is a string or a list of parts; only text parts mean anything here."""
+    if not isinstance(value, list):
+        return value
+    if not all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        for p in value
+    ):
+        raise ValueError('only text parts ({"type": "text", "text": "..."}) are supported')
+    return "".join(p["text"] for p in value)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Annotated[str, BeforeValidator(_text_content)]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    include_usage: bool = False
+
+
+class _OpenAIRequest(GenerationRequest):
+    model: NonBlank
+    stop: NonBlank | list[NonBlank] | None = None
+    n: Literal[1] = 1
+    stream_options: StreamOptions | None = None
+
+    @property
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class ChatCompletionRequest(_OpenAIRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = None  # what newer OpenAI clients send for max_tokens
+
+    def answer_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_tokens is None else self.max_tokens
+
+    @field_validator("messages")
+    @classmethod
+    def _ends_with_user(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        if messages[-1].role != "user":
+            raise ValueError("the last message must come from the user")
+        if not messages[-1].content.strip():
+            raise ValueError("the last user message must not be empty")
+        return messages
+
+
+class CompletionRequest(_OpenAIRequest):
+    prompt: NonBlank
+
+
+# ---- responses ---------------------------------------------------------------------------------
+
+
+class Source(BaseModel):
+    id: str
+    title: str
+    source: str
+    score: float
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class LookaheadStats(BaseModel):
+    """How the answer was decoded: steps are forward passes; each yields 1 + accepted tokens."""
+
+    steps: int
+    tokens_per_step: float
+    draft_tokens: int
+    accepted_tokens: int
+    decode_seconds: float
+    lookahead: bool
+
+
+class RagResponse(BaseModel):
+    id: str
+    answer: str
+    finish_reason: str
+    sources: list[Source]
+    usage: Usage
+    stats: LookaheadStats
+
+
+class ChatChoiceMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatChoiceMessage
+    finish_reason: str
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    sources: list[Source]
+    lookahead: LookaheadStats
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: str
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    sources: list[Source]
+    lookahead: LookaheadStats
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "lookahead-rag"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def error_body(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return ErrorBody(
+        error=ErrorDetail(message=message, type=type_, param=param, code=code)
+    ).model_dump()

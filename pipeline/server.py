@@ -1,0 +1,56 @@
+"""`lookahead-rag serve`: the RAG service on Ray Serve until Ctrl-C or SIGTERM.
+
+Builds the configured index first if it is missing, starts (or joins) Ray, deploys the app and
+prints where it listens. `serve run configs/serve.yaml` deploys the same app without this
+command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+from pipeline.config import Config, add_config_arguments, config_from_args
+from pipeline.resources import ensure_index
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--host", help="bind address of the HTTP proxy (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    parser.add_argument("--ray-address", help='join this Ray cluster ("auto", "ray://...")')
+
+
+def deploy(config: Config) -> str:
+    """Deploy the app on the running Serve instance; the base URL it answers on."""
+    from ray import serve
+
+    from pipeline.app import build_app
+    from pipeline.ray_runtime import http_url
+
+    serve.run(build_app(config), name=config.server.app_name, route_prefix="/")
+    return http_url(config)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(
+        args, server__host=args.host, server__port=args.port, server__ray_address=args.ray_address
+    )
+    ensure_index(config)
+    from pipeline import ray_runtime
+
+    with ray_runtime.running(config):
+        url = deploy(config)
+        print(f"lookahead-rag serving {config.model.served_name!r} at {url} (Ctrl-C stops)")
+        print(f"  try: lookahead-rag ask --url {url} 'How do I parse JSON?'", flush=True)
+        _wait_for_stop()
+        print("shutting down", flush=True)
+    return 0
+
+
+def _wait_for_stop() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()

@@ -1,0 +1,119 @@
+"""What crosses between the ingress and the Generator: a `GenerationJob` one way; `Started`, then
+`Delta`s, then `Finished` back.
+
+The same types flow in-process (`RagPipeline.stream`) and across Ray, so they are small frozen
+dataclasses that pickle cheaply, in a module that imports neither torch nor Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+class ContextTooLongError(ValueError):
+    """The request alone, without any passage, does not fit the context budget."""
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """One request for the Generator: a chat (`messages`) or a raw completion (`prompt`)."""
+
+    messages: tuple[dict[str, str], ...] = ()
+    prompt: str | None = None
+    passages: Sequence[Any] = ()  # retrieved, best first: all seed the trie
+    top_k: int = 0  # how many of `passages` may go into the prompt
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    lookahead: bool = True
+    # Sampling (`generation.SamplingParams`); the defaults are greedy decoding.
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """A passage that went into the prompt."""
+
+    id: str
+    title: str
+    source: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Started:
+    prompt_tokens: int
+    sources: tuple[SourceRef, ...]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One decoding step's output: its tokens and the text they release (may be "")."""
+
+    text: str
+    n_tokens: int
+
+
+@dataclass(frozen=True)
+class DecodeSummary:
+    steps: int
+    draft_tokens: int  # drafted nodes sent to verification, all steps
+    accepted_tokens: int  # drafted nodes accepted, all steps
+    decode_seconds: float  # prefill and every step
+    lookahead: bool
+
+    def as_dict(self, completion_tokens: int) -> dict:
+        tokens_per_step = completion_tokens / self.steps if self.steps else 0.0
+        return {**asdict(self), "tokens_per_step": round(tokens_per_step, 4)}
+
+
+@dataclass(frozen=True)
+class ReplicaMetrics:
+    """A Generator replica's own Prometheus figures (its n-gram sync) as of one answer.
+
+    They are counted inside the replica, but users scrape the ingress: each answer carries them
+    there, and `/metrics` shows the latest of every replica, labelled by `replica`.
+    """
+
+    replica: str
+    families: tuple[Any, ...]  # prometheus_client `Metric`s, as `registry.collect()` gives them
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    completion_tokens: int
+    summary: DecodeSummary
+    replica: ReplicaMetrics | None = None
+
+
+Event = Started | Delta | Finished
+
+
+@dataclass
+class Answer:
+    """All events of a request folded together."""
+
+    text: str = ""
+    prompt_tokens: int = 0
+    sources: tuple[SourceRef, ...] = ()
+    finished: Finished | None = None
+
+    def add(self, event: Event) -> None:
+        if isinstance(event, Started):
+            self.prompt_tokens, self.sources = event.prompt_tokens, event.sources
+        elif isinstance(event, Delta):
+            self.text += event.text
+        else:
+            self.finished = event
+
+    @classmethod
+    def collect(cls, events: Iterable[Event]) -> Answer:
+        answer = cls()
+        for event in events:
+            answer.add(event)
+        return answer

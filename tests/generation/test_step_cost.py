@@ -1,0 +1,149 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from genhelpers import tiny_model
+
+import generation.bench_steps as bench_steps
+import generation.step_cost as step_cost
+from generation.models import LoadedModel
+from generation.step_cost import (
+    StepCostCurve,
+    load_or_measure,
+    measure_step_costs,
+    tree_draft,
+)
+from pipeline.cli import main
+
+
+def curve(t_ms: dict[int, float]) -> StepCostCurve:
+    return StepCostCurve(t_ms=t_ms, device="cpu", dtype="float32", model="m", threads=2)
+
+
+def test_time_interpolates_between_measured_points():
+    c = curve({1: 30.0, 4: 60.0, 16: 120.0})
+    assert c.time(1) == 30.0
+    assert c.time(4) == 60.0
+    assert c.time(2) == pytest.approx(40.0)
+    assert c.time(10) == pytest.approx(90.0)
+    np.testing.assert_allclose(c.times(np.array([1, 2, 16])), [30.0, 40.0, 120.0])
+
+
+def test_time_outside_the_measured_range():
+    c = curve({2: 40.0, 4: 50.0, 8: 70.0})
+    assert c.time(1) == 40.0  # flat below the first point
+    assert c.time(12) == pytest.approx(90.0)  # the last slope, 5 ms per token, above
+    falling = curve({1: 40.0, 16: 30.0})
+    assert falling.time(64) == 30.0  # never extrapolated downwards
+    with pytest.raises(ValueError, match="q >= 1"):
+        c.time(0)
+
+
+def test_curve_rejects_empty_or_non_positive_times():
+    for bad in ({}, {1: 0.0}, {0: 5.0}, {1: -2.0}):
+        with pytest.raises(ValueError, match="positive"):
+            curve(bad)
+
+
+def test_curve_json_round_trip_sorts_and_keeps_fields():
+    c = curve({16: 33.5, 1: 30.0})
+    back = StepCostCurve.from_json(c.to_json())
+    assert list(back.t_ms) == [1, 16]
+    assert back.t_ms == {1: 30.0, 16: 33.5}
+    assert (back.device, back.dtype, back.model, back.threads, back.batch) == (
+        "cpu",
+        "float32",
+        "m",
+        2,
+        1,
+    )
+
+
+@pytest.mark.parametrize("q", [1, 2, 5, 16, 64])
+def test_tree_draft_is_a_valid_best_first_tree_with_branches(q):
+    draft = tree_draft(q, np.random.default_rng(q), vocab=100)
+    draft.validate()
+    assert len(draft) == q
+    if q >= 4:  # not just a chain
+        assert draft.depth.max() < q - 1
+
+
+@pytest.fixture(scope="module")
+def tiny() -> LoadedModel:
+    model = tiny_model("llama", dtype=torch.float32)
+    return LoadedModel(model=model, tokenizer=None, name="tiny/llama")
+
+
+def test_measure_gives_a_curve_for_each_q(tiny):
+    c = measure_step_costs(tiny, qs=(4, 1, 4), context_len=40, repeats=2, warmup=1)
+    assert list(c.t_ms) == [1, 4]
+    assert all(t > 0 for t in c.t_ms.values())
+    assert (c.device, c.dtype, c.model, c.context_len) == ("cpu", "float32", "tiny/llama", 40)
+    assert c.threads == torch.get_num_threads()
+
+
+def test_measure_rejects_bad_settings(tiny):
+    with pytest.raises(ValueError, match="context window"):
+        measure_step_costs(tiny, qs=(1, 64), context_len=460)  # 524 > 512
+    with pytest.raises(ValueError, match="positive"):
+        measure_step_costs(tiny, qs=(0, 1), context_len=10)
+    with pytest.raises(ValueError, match="repeats"):
+        measure_step_costs(tiny, qs=(1,), context_len=10, repeats=0)
+
+
+def test_load_or_measure_caches_per_setup(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOOKAHEAD_RAG_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_measure(lm, **kwargs):
+        calls.append(kwargs)
+        return curve({1: 10.0, 32: 20.0})
+
+    monkeypatch.setattr(step_cost, "measure_step_costs", fake_measure)
+    first = load_or_measure(tiny)
+    assert first.t_ms == {1: 10.0, 32: 20.0}
+    assert len(calls) == 1
+    assert calls[0]["qs"] == step_cost.STARTUP_QS  # the short start-up measurement
+    path = step_cost.curve_path(tiny)
+    assert path.parent == tmp_path / "step_costs"
+    assert json.loads(path.read_text())["t_ms"] == {"1": 10.0, "32": 20.0}
+    assert load_or_measure(tiny).t_ms == first.t_ms  # read back, not measured
+    assert len(calls) == 1
+    path.write_text("{not json")
+    assert load_or_measure(tiny).t_ms == first.t_ms  # a corrupt file is measured again
+    assert len(calls) == 2
+    # another thread count is another setup: another file
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        assert step_cost.curve_path(tiny) != path
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_bench_steps_prints_table_and_json_last(tiny, monkeypatch, capsys):
+    loads = []
+
+    def fake_load(name, dtype, device, fast_kernels):
+        loads.append(fast_kernels)
+        return tiny
+
+    monkeypatch.setattr(bench_steps, "load_model", fake_load)
+    argv = ["bench-steps", "--qs", "16,1", "--repeats", "2", "--warmup", "0"]
+    assert main([*argv, "--context-len", "24", "--compare"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    assert loads == [True, False]
+    assert set(result["t_ms"]) == {"1", "16"}
+    assert result["ratio_16_1"] == pytest.approx(result["t_ms"]["16"] / result["t_ms"]["1"], 0.01)
+    assert result["context_len"] == 24
+    assert set(result["stock"]["t_ms"]) == {"1", "16"}
+    assert any(line.split()[:1] == ["16"] for line in out)  # a table row per q
+
+
+def test_bench_steps_rejects_bad_qs(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench-steps", "--qs", "1,x"])
+    assert exc.value.code == 2
+    assert "comma-separated integers" in capsys.readouterr().err

@@ -1,0 +1,72 @@
+import psutil
+import pytest
+
+# A few stdlib modules: a real corpus, small enough to embed in seconds.
+SMALL_CORPUS = ("json", "functools", "subprocess", "pathlib", "csv", "itertools")
+
+
+@pytest.fixture(scope="session")
+def lm():
+    """The real default model (converted once, then loaded in well under a second)."""
+    from generation.models import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(lm):
+    return lm.tokenizer
+
+
+@pytest.fixture(scope="session")
+def small_index_dir(tmp_path_factory):
+    """A real index (default embedder, FAISS) over a few stdlib modules, built once a session."""
+    from retrieval import build_index, stdlib_documents
+
+    out = tmp_path_factory.mktemp("index") / "stdlib-small"
+    build_index(stdlib_documents(list(SMALL_CORPUS)), out=out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local loopback Ray for the module's tests (commands run inside it reuse it)."""
+    from pipeline import ray_runtime
+    from pipeline.config import Config
+
+    with ray_runtime.connected(Config(), quiet=True):
+        yield
+
+
+@pytest.fixture(scope="session")
+def serve_app(small_index_dir, session_redis):
+    """One Ray + Serve app for every HTTP test of the session, deployed as on a cluster: two
+    Generator replicas (one CPU, one torch thread each) sharing n-grams through a real Redis,
+    syncing every second. Afterwards no Ray process of ours may be left (checked by PID)."""
+    from servehelpers import GENERATOR_REPLICAS, small_limits_config
+
+    from pipeline import ray_runtime
+    from pipeline.server import deploy
+
+    config = small_limits_config(
+        **{
+            "retrieval.index_dir": str(small_index_dir),
+            "generation.max_tokens": 24,
+            "server.port": ray_runtime.free_port(),
+            "server.ray_num_cpus": 2,
+            "deployments.generator.num_replicas": GENERATOR_REPLICAS,
+            "model.torch_threads": 1,
+            "ngrams.redis_url": session_redis.url,
+            "ngrams.flush_interval_s": 0.2,
+            "ngrams.pull_interval_s": 1.0,
+        }
+    )
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    ray_runtime.start(config, quiet=True)
+    try:
+        yield deploy(config), config
+    finally:
+        ours = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+        ray_runtime.stop(config)
+    _, alive = psutil.wait_procs(ours, timeout=30)
+    assert not alive, f"Ray processes left running: {[(p.pid, p.name()) for p in alive]}"

@@ -1,0 +1,310 @@
+"""What the HTTP tests share: a small-limits config and the table of bad requests, checked both
+against the HTTP layer alone and against the real Serve app."""
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.config import load_config
+
+# Small limits keep the oversize cases cheap to send.
+MAX_INPUT_CHARS = 2000
+MAX_BODY_BYTES = 20_000
+MODEL = "lookahead-rag"
+GENERATOR_REPLICAS = 2  # in the session's Serve app
+
+LIMITS = {
+    "limits.max_input_chars": MAX_INPUT_CHARS,
+    "limits.max_body_bytes": MAX_BODY_BYTES,
+    "limits.max_tokens": 256,
+}
+
+
+def small_limits_config(**overrides):
+    return load_config(overrides={**LIMITS, **overrides}, environ={})
+
+
+@dataclass(frozen=True)
+class Bad:
+    id: str
+    path: str
+    status: int
+    code: str | None
+    param: str | None = None
+    json: Any = None
+    content: bytes | None = None
+    headers: dict = field(default_factory=dict)
+    method: str = "POST"
+
+    def send(self, client, **headers):
+        kwargs = {"headers": {**self.headers, **headers}}
+        if self.content is not None:
+            kwargs["content"] = self.content
+        elif self.json is not None:
+            kwargs["json"] = self.json
+        return client.request(self.method, self.path, **kwargs)
+
+
+JSON = {"content-type": "application/json"}
+USER = [{"role": "user", "content": "What does json.dumps do?"}]
+
+
+def chat(**fields):
+    return {"model": MODEL, "messages": USER, **fields}
+
+
+def completion(**fields):
+    return {"model": MODEL, "prompt": "json.dumps", **fields}
+
+
+BAD_REQUESTS = [
+    Bad("malformed-json", "/v1/rag", 400, "invalid_json", content=b'{"question": ', headers=JSON),
+    Bad("json-not-an-object", "/v1/rag", 400, "invalid_body", json=["question"]),
+    Bad("no-content-type", "/v1/rag", 400, "invalid_body", content=b'{"question": "json?"}'),
+    Bad("empty-body", "/v1/rag", 400, "invalid_body", content=b"", headers=JSON),
+    Bad("missing-question", "/v1/rag", 400, "missing", "question", json={"top_k": 2}),
+    Bad("empty-question", "/v1/rag", 400, "invalid_value", "question", json={"question": ""}),
+    Bad("blank-question", "/v1/rag", 400, "invalid_value", "question", json={"question": " \n"}),
+    Bad("question-not-a-string", "/v1/rag", 400, "invalid_value", "question", json={"question": 5}),
+    Bad(
+        "max-tokens-as-string",
+        "/v1/rag",
+        400,
+        "invalid_value",
+        "max_tokens",
+        json={"question": "q", "max_tokens": "5"},
+    ),
+    Bad(
+        "stream-not-a-bool",
+        "/v1/rag",
+        400,
+        "invalid_value",
+        "stream",
+        json={"question": "q", "stream": "yes"},
+    ),
+    Bad(
+        "max-tokens-zero",
+        "/v1/rag",
+        400,
+        "invalid_value",
+        "max_tokens",
+        json={"question": "q", "max_tokens": 0},
+    ),
+    Bad(
+        "max-tokens-too-large",
+        "/v1/rag",
+        400,
+        "invalid_value",
+        "max_tokens",
+        json={"question": "q", "max_tokens": 100_000},
+    ),
+    Bad("top-k-zero", "/v1/rag", 400, "invalid_value", "top_k", json={"question": "q", "top_k": 0}),
+    Bad("unknown-field", "/v1/rag", 400, "unknown_field", "qestion", json={"qestion": "q"}),
+    Bad(
+        "question-too-long",
+        "/v1/rag",
+        413,
+        "input_too_long",
+        "messages",
+        json={"question": "x" * (MAX_INPUT_CHARS + 1)},
+    ),
+    Bad(
+        "body-too-large",
+        "/v1/rag",
+        413,
+        "request_too_large",
+        json={"question": "q", "pad": "x" * MAX_BODY_BYTES},
+    ),
+    Bad(
+        "chat-missing-model",
+        "/v1/chat/completions",
+        400,
+        "missing",
+        "model",
+        json={"messages": USER},
+    ),
+    Bad(
+        "chat-unknown-model",
+        "/v1/chat/completions",
+        404,
+        "model_not_found",
+        "model",
+        json=chat(model="gpt-4o"),
+    ),
+    Bad(
+        "chat-no-messages",
+        "/v1/chat/completions",
+        400,
+        "invalid_value",
+        "messages",
+        json=chat(messages=[]),
+    ),
+    Bad(
+        "chat-ends-with-assistant",
+        "/v1/chat/completions",
+        400,
+        "invalid_value",
+        "messages",
+        json=chat(messages=[{"role": "assistant", "content": "hi"}]),
+    ),
+    Bad(
+        "chat-bad-role",
+        "/v1/chat/completions",
+        400,
+        "invalid_value",
+        "messages[0].role",
+        json=chat(messages=[{"role": "wizard", "content": "hi"}]),
+    ),
+    Bad(
+        "chat-content-not-text",
+        "/v1/chat/completions",
+        400,
+        "invalid_value",
+        "messages[0].content",
+        json=chat(messages=[{"role": "user", "content": 42}]),
+    ),
+    Bad(
+        "chat-max-tokens-too-large",
+        "/v1/chat/completions",
+        400,
+        "invalid_value",
+        "max_tokens",
+        json=chat(max_tokens=10_000),
+    ),
+    Bad(
+        "chat-max-completion-tokens-zero",
+        "/v1/chat/completions",
+        400,
+        "invalid_value",
+        "max_tokens",
+        json=chat(max_completion_tokens=0),
+    ),
+    Bad("chat-n-2", "/v1/chat/completions", 400, "invalid_value", "n", json=chat(n=2)),
+    Bad(
+        "chat-too-many-stops",
+        "/v1/chat/completions",
+        400,
+        "invalid_value",
+        "stop",
+        json=chat(stop=["a", "b", "c", "d", "e"]),
+    ),
+    Bad(
+        "chat-temperature-too-high",
+        "/v1/chat/completions",
+        400,
+        "invalid_value",
+        "temperature",
+        json=chat(temperature=2.5),
+    ),
+    Bad(
+        "chat-temperature-negative",
+        "/v1/chat/completions",
+        400,
+        "invalid_value",
+        "temperature",
+        json=chat(temperature=-0.1),
+    ),
+    Bad(
+        "chat-top-p-zero",
+        "/v1/chat/completions",
+        400,
+        "invalid_value",
+        "top_p",
+        json=chat(temperature=0.7, top_p=0),
+    ),
+    Bad(
+        "chat-seed-as-string",
+        "/v1/chat/completions",
+        400,
+        "invalid_value",
+        "seed",
+        json=chat(temperature=0.7, seed="7"),
+    ),
+    Bad(
+        "rag-top-p-above-one",
+        "/v1/rag",
+        400,
+        "invalid_value",
+        "top_p",
+        json={"question": "q", "top_p": 1.5},
+    ),
+    Bad(
+        "rag-temperature-nan",
+        "/v1/rag",
+        400,
+        "invalid_value",
+        "temperature",
+        content=b'{"question": "q", "temperature": NaN}',
+        headers=JSON,
+    ),
+    Bad(
+        "completion-seed-negative",
+        "/v1/completions",
+        400,
+        "invalid_value",
+        "seed",
+        json=completion(temperature=1.0, seed=-1),
+    ),
+    Bad(
+        "completion-repetition-penalty-zero",
+        "/v1/completions",
+        400,
+        "invalid_value",
+        "repetition_penalty",
+        json=completion(repetition_penalty=0),
+    ),
+    Bad(
+        "chat-input-too-long",
+        "/v1/chat/completions",
+        413,
+        "input_too_long",
+        "messages",
+        json=chat(messages=[{"role": "user", "content": "y" * (MAX_INPUT_CHARS + 1)}]),
+    ),
+    Bad(
+        "completion-missing-prompt",
+        "/v1/completions",
+        400,
+        "missing",
+        "prompt",
+        json={"model": MODEL},
+    ),
+    Bad(
+        "completion-empty-prompt",
+        "/v1/completions",
+        400,
+        "invalid_value",
+        "prompt",
+        json=completion(prompt=""),
+    ),
+    Bad(
+        "completion-unknown-model",
+        "/v1/completions",
+        404,
+        "model_not_found",
+        "model",
+        json=completion(model="davinci"),
+    ),
+    Bad("unknown-route", "/v2/answer", 404, "not_found", json={"question": "q"}),
+    Bad("wrong-method", "/v1/rag", 405, "method_not_allowed", method="GET"),
+]
+
+
+def check_error(response, bad: Bad) -> None:
+    assert response.status_code == bad.status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == bad.code
+    assert error["param"] == bad.param
+    assert error["message"]
+    assert error["type"] == "invalid_request_error"
+
+
+def sse_payloads(text: str) -> list:
+    """`data:` payloads of a server-sent event stream, in order; "[DONE]" stays a string."""
+    out = []
+    for block in text.split("\n\n"):
+        if block.startswith("data: "):
+            data = block[len("data: ") :]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out

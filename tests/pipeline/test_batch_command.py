@@ -1,0 +1,100 @@
+"""`lookahead-rag batch` end to end with the real models: a real index, the real generator on
+Ray Data actors sharing n-grams through a real Redis, a real resume. The first run is a
+subprocess (the command starts and stops its own Ray); the resume, with nothing left to
+answer, runs in this process and must not start Ray at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import redis
+
+from pipeline.batch_io import OK, final_records
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.rag import Answerer, RagPipeline
+from retrieval import load_index
+from trie_store import TrieConfig
+from trie_store.ngram_counter import answer_ngrams
+
+QUESTIONS = ("How do I parse a JSON string?", "What does functools.partial do?", "")
+
+
+def _batch(*argv: str, env: dict[str, str]) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "batch", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _shared_ngrams(url: str) -> set[bytes]:
+    client = redis.Redis.from_url(url)
+    try:
+        keys = client.keys("lookahead-rag:*:popular")
+        assert len(keys) == 1, keys  # one model, one namespace
+        return set(client.zrange(keys[0], 0, -1))
+    finally:
+        client.close()
+
+
+def test_batch_answers_as_the_service_and_resumes(
+    tmp_path: Path, small_index_dir, lm, redis_server, capsys
+) -> None:
+    questions = tmp_path / "questions.jsonl"
+    lines = [json.dumps({"id": f"q{i}", "question": q}) for i, q in enumerate(QUESTIONS)]
+    questions.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "answers"
+    argv = ("--questions", str(questions), "--index", str(small_index_dir), "--out", str(out))
+    argv += ("--max-tokens", "12")
+
+    summary = _batch(*argv, env={"LOOKAHEAD_RAG__NGRAMS__REDIS_URL": redis_server.url})
+    assert (summary["rows"], summary["answered"], summary["invalid"]) == (3, 2, 1)
+    records = final_records(out)
+    assert records["q2"]["status"] == "invalid"
+
+    config = load_config(
+        overrides={"retrieval.index_dir": str(small_index_dir), "generation.max_tokens": 12}
+    )
+    rag = RagPipeline(
+        load_index(small_index_dir), Answerer.from_model(lm, config.generation), config
+    )
+    shared = _shared_ngrams(redis_server.url)
+    for key, question in (("q0", QUESTIONS[0]), ("q1", QUESTIONS[1])):
+        record = records[key]
+        expected = rag.answer(question)
+        assert record["status"] == OK
+        assert record["answer"] == expected.text  # lossless: the service's own answer
+        assert [s["id"] for s in record["sources"]] == [s.id for s in expected.sources]
+        assert record["stats"]["completion_tokens"] == expected.finished.completion_tokens
+        # the actor's answers reached the shared store before their part was written
+        tokens = lm.tokenizer.encode(record["answer"], add_special_tokens=False)
+        assert shared & set(answer_ngrams(tokens, TrieConfig())), key
+
+    parts = sorted(out.glob("part-*"))
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    capsys.readouterr()
+    assert main(["batch", *argv, "--resume"]) == 0
+    resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (resumed["skipped"], resumed["answered"], resumed["errors"]) == (3, 0, 0)
+    assert sorted(out.glob("part-*")) == parts
+    started = {p.pid for p in psutil.Process().children(recursive=True)} - before
+    assert not started, "the resume started processes (Ray) with nothing to answer"
+
+
+def test_an_unreadable_questions_file_is_one_error_line(tmp_path: Path, capsys) -> None:
+    argv = ["batch", "--questions", str(tmp_path / "q.csv"), "--out", str(tmp_path / "o")]
+    (tmp_path / "q.csv").write_text("question\nwhat?\n")
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert "expected .jsonl or .parquet" in err

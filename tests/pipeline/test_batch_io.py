@@ -1,0 +1,179 @@
+"""Batch job files: every input row becomes a question or an error record with its reason;
+parts are whole or absent; resume skips exactly what is settled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.batch_io import (
+    FAILED,
+    INVALID,
+    OK,
+    Counts,
+    Summary,
+    failed_record,
+    final_records,
+    invalid_record,
+    read_questions,
+    read_records,
+    settled_ids,
+    write_part,
+)
+
+
+def _jsonl(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "questions.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _ok(row: int, qid: str, tokens: int = 5, steps: int = 3) -> dict:
+    stats = {
+        "prompt_tokens": 40,
+        "completion_tokens": tokens,
+        "steps": steps,
+        "tokens_per_step": tokens / steps,
+        "draft_tokens": 9,
+        "accepted_tokens": tokens - steps,
+        "decode_seconds": 0.5,
+        "lookahead": True,
+    }
+    source = {"id": "p1", "title": "t", "source": "s", "score": 0.5}
+    return {
+        "row": row, "id": qid, "question": "q?", "status": OK, "error": None,
+        "answer": "a.", "finish_reason": "stop", "sources": [source], "stats": stats,
+    }  # fmt: skip
+
+
+def test_bad_rows_get_reasons_and_good_rows_keep_their_ids(tmp_path: Path) -> None:
+    path = _jsonl(
+        tmp_path,
+        [
+            '{"question": "What is a list?", "id": "a"}',
+            '{"question": "   "}',
+            "{not json",
+            '["question"]',
+            '{"question": 7}',
+            "",
+            '{"question": "' + "x" * 51 + '"}',
+            '{"question": "Dup?", "id": "a"}',
+            '{"question": "Plain?"}',
+        ],
+    )
+    rows = read_questions(path, max_chars=50).to_pylist()
+    got = {r["row"]: (r["id"], r["error"]) for r in rows}
+    assert got[1] == ("a", None)
+    assert got[2] == ("2", "empty question")
+    assert got[3][1].startswith("invalid JSON: ")
+    assert got[4][1] == "expected a JSON object, got list"
+    assert got[5][1] == "`question` must be a string, got int"
+    assert 6 not in got  # a blank line is no row
+    assert got[7][1] == "question too long: 51 characters > 50"
+    assert got[8][1] == "duplicate id 'a'"
+    assert got[9] == ("9", None)
+
+
+def test_parquet_questions(tmp_path: Path) -> None:
+    path = tmp_path / "q.parquet"
+    pq.write_table(pa.table({"question": ["A?", None, ""], "id": [10, 11, 12]}), path)
+    rows = read_questions(path, max_chars=100).to_pylist()
+    assert [(r["row"], r["id"], r["error"]) for r in rows] == [
+        (1, "10", None),
+        (2, "11", "`question` must be a string, got NoneType"),
+        (3, "12", "empty question"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.jsonl", None, "does not exist"),
+        ("q.csv", "question\nA?\n", "expected .jsonl or .parquet"),
+    ],
+)
+def test_whole_file_problems_raise(tmp_path: Path, name: str, content, message: str) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        read_questions(path, max_chars=100)
+
+
+def test_parquet_without_question_column_raises(tmp_path: Path) -> None:
+    path = tmp_path / "q.parquet"
+    pq.write_table(pa.table({"text": ["A?"]}), path)
+    with pytest.raises(ValueError, match="no `question` column"):
+        read_questions(path, max_chars=100)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_parts_round_trip_and_resume_skips_settled_rows(tmp_path: Path, fmt: str) -> None:
+    row = {"row": 0, "question": None}
+    records = [
+        _ok(1, "a"),
+        invalid_record({**row, "id": "b", "error": "empty question"}),
+        failed_record({**row, "id": "c"}, "RuntimeError: out of memory"),
+    ]
+    out = tmp_path / "out"
+    write_part(out, records[:2], fmt)
+    write_part(out, records[2:], fmt)
+    assert write_part(out, [], fmt) is None
+    assert sorted(read_records(out), key=lambda r: r["id"]) == records
+    assert settled_ids(out) == {"a", "b"}  # the failed row is tried again
+
+
+def test_an_unfinished_part_is_invisible(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    write_part(out, [_ok(1, "a")], "jsonl")
+    (out / ".part-deadbeef.jsonl.tmp").write_text('{"id": "half')  # a write cut short
+    assert [r["id"] for r in read_records(out)] == ["a"]
+
+
+def test_write_part_leaves_no_temporary_file_on_failure(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError, TypeError)):
+        write_part(out, [{**_ok(1, "a"), "row": "not a number"}], "parquet")
+    assert list(out.iterdir()) == []
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.sampled_from([OK, INVALID, FAILED]), max_size=30), st.integers(0, 5))
+def test_counts_add_up_across_parts(statuses: list[str], cut: int) -> None:
+    records = [
+        _ok(i, str(i), tokens=i + 1, steps=1)
+        if s == OK
+        else failed_record({"row": i, "id": str(i), "question": None}, "x", status=s)
+        for i, s in enumerate(statuses)
+    ]
+    whole = Counts.of(records)
+    assert Counts.of(records[:cut]) + Counts.of(records[cut:]) == whole
+    summary = Summary(whole, skipped=2, seconds=2.0).as_dict()
+    assert summary["rows"] == len(records) + 2
+    assert summary["errors"] == statuses.count(INVALID) + statuses.count(FAILED)
+    tokens = sum(i + 1 for i, s in enumerate(statuses) if s == OK)
+    steps = statuses.count(OK)  # one step per answered record here
+    assert summary["completion_tokens"] == tokens
+    assert summary["tokens_per_step"] == (round(tokens / steps, 3) if steps else 0.0)
+
+
+def test_read_records_parses_jsonl_written_by_hand(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "part-1.jsonl").write_text(json.dumps(_ok(1, "z")) + "\n")
+    assert settled_ids(out) == {"z"}
+
+
+def test_final_records_prefer_the_settled_retry(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    write_part(out, [failed_record({"row": 1, "id": "a", "question": "q?"}, "oom")], "jsonl")
+    write_part(out, [_ok(1, "a")], "jsonl")
+    write_part(out, [failed_record({"row": 2, "id": "b", "question": "q?"}, "oom")], "jsonl")
+    final = final_records(out)
+    assert (final["a"]["status"], final["b"]["status"]) == (OK, FAILED)

@@ -1,0 +1,224 @@
+"""The Ray Data plumbing of the batch job, on a real local Ray, with hand-built stages: every
+row ends as exactly one record, errors stay in their row, an interrupted run resumes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from pipeline.batch import BatchOptions, GenerateStage, RetrieveStage, Stages, run_batch
+from pipeline.batch_io import (
+    FAILED,
+    INVALID,
+    OK,
+    final_records,
+    read_questions,
+    read_records,
+    settled_ids,
+)
+from pipeline.ray_runtime import ray
+
+# The stages are defined here, so Ray workers get them by value, not by importing this file.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+QUESTIONS = [
+    '{"id": "q1", "question": "What is a tuple?"}',
+    '{"id": "q2", "question": "Explain dict views"}',
+    '{"id": "q3", "question": ""}',
+    "not json",
+    '{"id": "q5", "question": "BOOM in the generator"}',
+    '{"id": "q6", "question": "CRASH in the retriever"}',
+    '{"id": "q7", "question": "What does zip do?"}',
+    '{"id": "q8", "question": "Why use pathlib?"}',
+]
+
+
+def _retriever() -> object:
+    def search(questions):
+        if any("CRASH" in q for q in questions):
+            raise RuntimeError("index shard unavailable")
+        return [[f"passage about {q.split()[-1]}"] for q in questions]
+
+    return search
+
+
+class EchoAnswerer:
+    """Answers in capitals; with `trace`, appends `flush`/`close` lines to a file per actor."""
+
+    def __init__(self, tag: str, trace: Path | None = None) -> None:
+        self.tag, self.trace = tag, trace
+
+    def __call__(self, question, passages):
+        if "BOOM" in question:
+            raise ValueError("context too long")
+        words = question.split()
+        stats = {
+            "prompt_tokens": 10, "completion_tokens": len(words), "steps": 2,
+            "tokens_per_step": len(words) / 2, "draft_tokens": 4, "accepted_tokens": 1,
+            "decode_seconds": 0.01, "lookahead": True,
+        }  # fmt: skip
+        source = {"id": passages[0], "title": "", "source": self.tag, "score": 1.0}
+        return {"answer": question.upper(), "finish_reason": "stop", "sources": [source],
+                "stats": stats}  # fmt: skip
+
+    def flush(self) -> None:
+        self._note("flush")
+
+    def close(self) -> None:
+        self._note("close")
+
+    def _note(self, what: str) -> None:
+        if self.trace is not None:
+            self.trace.mkdir(exist_ok=True)
+            with (self.trace / f"{os.getpid()}.log").open("a") as log:
+                log.write(what + "\n")
+
+
+def _expected(question: str, tag: str = "t") -> dict:
+    return EchoAnswerer(tag)(question, _retriever()([question])[0])
+
+
+@pytest.fixture
+def questions(tmp_path: Path):
+    path = tmp_path / "questions.jsonl"
+    path.write_text("\n".join(QUESTIONS) + "\n")
+    return read_questions(path, max_chars=100)
+
+
+def _stages(on_part=lambda _: None, trace: Path | None = None) -> Stages:
+    return Stages(partial(_retriever), partial(EchoAnswerer, "t", trace), on_part=on_part)
+
+
+def _traces(trace: Path) -> list[list[str]]:
+    """Each generator actor's calls, in order."""
+    return [log.read_text().split() for log in sorted(trace.glob("*.log"))]
+
+
+def _by_id(records: list[dict]) -> dict[str, dict]:
+    ids = [r["id"] for r in records]
+    assert len(ids) == len(set(ids)), "a row was written twice"
+    return {r["id"]: r for r in records}
+
+
+def test_every_row_gets_one_record(local_ray, questions, tmp_path: Path) -> None:
+    options = BatchOptions(retrieve_actors=1, generate_actors=2, block_rows=2, progress=False)
+    trace = tmp_path / "trace"
+    summary = run_batch(questions, tmp_path / "out", _stages(trace=trace), options)
+    # q1 q2 q5 q6 q7 q8 reach the generators: 3 blocks of 2, each flushed before it is written
+    assert sum(calls.count("flush") for calls in _traces(trace)) == 3
+    records = _by_id(read_records(tmp_path / "out"))
+    assert set(records) == {"q1", "q2", "q3", "4", "q5", "q6", "q7", "q8"}
+    for qid in ("q1", "q2", "q7", "q8"):
+        record = records[qid]
+        assert record["status"] == OK
+        fields = {k: record[k] for k in ("answer", "finish_reason", "sources", "stats")}
+        assert fields == _expected(record["question"])
+    assert records["q3"]["status"] == INVALID
+    assert records["q3"]["error"] == "empty question"
+    assert records["4"]["status"] == INVALID
+    assert records["4"]["error"].startswith("invalid JSON")
+    assert (records["q5"]["status"], records["q5"]["error"]) == (
+        FAILED, "ValueError: context too long")  # fmt: skip
+    assert records["q6"]["status"] == FAILED
+    assert records["q6"]["error"] == "retrieval failed: RuntimeError: index shard unavailable"
+    numbers = summary.as_dict()
+    assert (numbers["rows"], numbers["answered"], numbers["errors"]) == (8, 4, 4)
+    assert numbers["completion_tokens"] == sum(len(records[q]["question"].split())
+                                               for q in ("q1", "q2", "q7", "q8"))  # fmt: skip
+    # Each actor that was used is closed, once, when the pool ends (asynchronously)
+    deadline = time.monotonic() + 30
+    while not all(calls[-1:] == ["close"] for calls in _traces(trace)):
+        assert time.monotonic() < deadline, _traces(trace)
+        time.sleep(0.2)
+    assert all(calls.count("close") == 1 for calls in _traces(trace))
+
+
+def test_a_finished_run_resumes_without_ray(questions, tmp_path: Path) -> None:
+    """No row left to answer: the session (Ray) is never entered."""
+    out = tmp_path / "out"
+    done = {r["id"] for r in questions.to_pylist()}
+
+    def no_ray():
+        raise AssertionError("Ray was entered with nothing to answer")
+
+    summary = run_batch(questions, out, _stages(), BatchOptions(progress=False), done, no_ray)
+    assert summary.as_dict()["skipped"] == 8
+    assert read_records(out) == []
+
+
+def test_an_interrupted_run_resumes_without_loss_or_repeats(
+    local_ray, questions, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    written: list[Path] = []
+
+    def stop_after_two_parts(part: Path) -> None:
+        written.append(part)
+        if len(written) == 2:
+            raise KeyboardInterrupt
+
+    options = BatchOptions(block_rows=2, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(questions, out, _stages(stop_after_two_parts), options)
+    first = final_records(out)
+    assert 0 < len(first) < 8  # some rows finished, not all
+
+    skip = frozenset(settled_ids(out))
+    summary = run_batch(questions, out, _stages(), options, skip=skip)
+    final = final_records(out)
+    assert set(final) == {"q1", "q2", "q3", "4", "q5", "q6", "q7", "q8"}
+    for qid in skip:
+        assert final[qid] == first[qid]  # kept, not redone
+    assert summary.skipped == len(skip)
+    assert summary.as_dict()["rows"] == 8
+
+
+def test_ray_listens_on_loopback_only(local_ray) -> None:
+    pids = {str(p.pid) for p in _ray_processes()}
+    listening = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+    ray_lines = [line for line in listening.splitlines()
+                 if any(f"pid={pid}," in line for pid in pids)]  # fmt: skip
+    assert ray_lines, "no Ray listener found"
+    for line in ray_lines:
+        local = line.split()[3]
+        assert local.startswith(("127.0.0.1:", "[::1]:", "[::ffff:127.0.0.1]:")), line
+
+
+def _ray_processes() -> list[psutil.Process]:
+    return psutil.Process().children(recursive=True)
+
+
+def test_each_stage_loads_and_runs_its_model_on_one_thread_of_its_own() -> None:
+    """Ray Data calls actors from a thread other than `__init__`'s; torch must not see two."""
+    seen: dict[str, list[tuple[str, int]]] = {"retrieve": [], "generate": []}
+
+    def traced(stage, make):
+        seen[stage].append(("load", threading.get_ident()))
+        model = make()
+
+        def run(*args):
+            seen[stage].append(("run", threading.get_ident()))
+            return model(*args)
+
+        run.flush = run.close = lambda: None
+        return run
+
+    retrieve = RetrieveStage(lambda: traced("retrieve", _retriever))
+    generate = GenerateStage(lambda: traced("generate", partial(EchoAnswerer, "t")))
+    row = {"row": np.array([0]), "id": np.array(["q1"]), "question": np.array(["What?"])}
+    for _ in range(2):  # each call from a thread of its own, as Ray Data does
+        caller = threading.Thread(target=lambda: generate(retrieve(row)))
+        caller.start()
+        caller.join()
+    for stage, calls in seen.items():
+        assert [kind for kind, _ in calls] == ["load", "run", "run"], stage
+        assert len({ident for _, ident in calls}) == 1, stage

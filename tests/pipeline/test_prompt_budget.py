@@ -1,0 +1,117 @@
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.prompt import (
+    MIN_PASSAGE_TOKENS,
+    build_prompt,
+    chat_render,
+    completion_render,
+)
+from pipeline.wire import ContextTooLongError
+
+
+@dataclass(frozen=True)
+class P:
+    id: str
+    title: str
+    text: str
+
+
+WORDS = [
+    "json",
+    "load",
+    "dumps",
+    "parse",
+    "string",
+    "object",
+    "file",
+    "encoder",
+    "decoder",
+    "indent",
+    "sort",
+    "keys",
+]
+
+
+def passage(i: int, n_words: int) -> P:
+    text = " ".join(WORDS[(i + j) % len(WORDS)] for j in range(n_words))
+    return P(f"p{i}", f"json.t{i}", text)
+
+
+def n_tokens(tokenizer, text):
+    return len(tokenizer.encode(text, add_special_tokens=False))
+
+
+QUESTION = [{"role": "user", "content": "How do I parse JSON?"}]
+
+
+def test_passages_go_in_best_first_while_they_fit(tokenizer):
+    passages = [passage(i, 20) for i in range(4)]
+    render = chat_render(tokenizer, QUESTION)
+    everything = build_prompt(tokenizer, render, passages, budget=10_000)
+    assert [p.id for p in everything.passages] == ["p0", "p1", "p2", "p3"]
+    assert not everything.cut_last
+    text = tokenizer.decode(everything.token_ids)
+    assert text.index("[1] json.t0") < text.index("[2] json.t1") < text.index("How do I parse")
+    # The ids are exactly the tokenised prompt text: no estimate.
+    assert everything.token_ids == tokenizer.encode(
+        render(text[text.index("[1]") : text.index("<|im_end|>", text.index("[1]"))]),
+        add_special_tokens=False,
+    )
+
+
+def test_a_passage_that_does_not_fit_is_cut_and_the_rest_left_out(tokenizer):
+    passages = [passage(0, 30), passage(1, 300), passage(2, 30)]
+    render = chat_render(tokenizer, QUESTION)
+    base = len(build_prompt(tokenizer, render, passages[:1], 10_000).token_ids)
+    budget = base + 100
+    prompt = build_prompt(tokenizer, render, passages, budget)
+    assert [p.id for p in prompt.passages] == ["p0", "p1"]
+    assert prompt.cut_last
+    assert budget - 5 <= len(prompt.token_ids) <= budget
+    text = tokenizer.decode(prompt.token_ids)
+    body = text[text.index("[2] json.t1\n") + len("[2] json.t1\n") : text.index("<|im_end|>")]
+    assert passages[1].text.startswith(body)
+
+
+def test_a_sliver_of_room_is_not_worth_a_cut_passage(tokenizer):
+    passages = [passage(0, 30), passage(1, 300)]
+    render = chat_render(tokenizer, QUESTION)
+    base = len(build_prompt(tokenizer, render, passages[:1], 10_000).token_ids)
+    prompt = build_prompt(tokenizer, render, passages, base + MIN_PASSAGE_TOKENS // 2)
+    assert [p.id for p in prompt.passages] == ["p0"]
+    assert not prompt.cut_last
+
+
+def test_a_request_too_long_by_itself_is_refused_with_its_size(tokenizer):
+    render = chat_render(tokenizer, [{"role": "user", "content": "word " * 500}])
+    with pytest.raises(ContextTooLongError, match=r"the request is \d+ tokens .* limit is 100"):
+        build_prompt(tokenizer, render, [passage(0, 10)], budget=100)
+
+
+def test_completion_prompts_are_raw_text_after_the_context(tokenizer):
+    prompt = build_prompt(tokenizer, completion_render("def f("), [passage(0, 5)], 1000)
+    assert tokenizer.decode(prompt.token_ids) == f"[1] json.t0\n{passage(0, 5).text}\n\ndef f("
+    bare = build_prompt(tokenizer, completion_render("def f("), [], 1000)
+    assert tokenizer.decode(bare.token_ids) == "def f("
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 400), min_size=0, max_size=6),
+    budget=st.integers(40, 900),
+)
+def test_the_prompt_never_exceeds_the_budget(tokenizer, lengths, budget):
+    passages = [passage(i, n) for i, n in enumerate(lengths)]
+    render = chat_render(tokenizer, QUESTION)
+    try:
+        prompt = build_prompt(tokenizer, render, passages, budget)
+    except ContextTooLongError:
+        assert n_tokens(tokenizer, render("")) > budget
+        return
+    assert len(prompt.token_ids) <= budget
+    # Best first: the passages used are a prefix of the ranking.
+    assert [p.id for p in prompt.passages] == [p.id for p in passages[: len(prompt.passages)]]

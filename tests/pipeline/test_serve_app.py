@@ -1,0 +1,292 @@
+"""The Serve app over real HTTP on loopback: the real model, a real (small) index, one Ray
+instance for the whole module (`serve_app`, session-scoped)."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import psutil
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+from servehelpers import BAD_REQUESTS, GENERATOR_REPLICAS, MODEL, check_error
+
+from pipeline.ask import sse_payloads
+
+QUESTION = "How do I parse a JSON string into a Python object?"
+
+
+@pytest.fixture(scope="module")
+def url(serve_app):
+    return serve_app[0]
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    with httpx.Client(base_url=url, timeout=httpx.Timeout(10.0, read=300.0)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def oai(url):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+
+def rag(client, **body):
+    response = client.post("/v1/rag", json={"question": QUESTION, **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_every_port_of_the_service_is_on_loopback(serve_app):
+    listening = [
+        c.laddr.ip
+        for proc in psutil.Process().children(recursive=True)
+        for c in _connections(proc)
+        if c.status == psutil.CONN_LISTEN
+    ]
+    assert listening
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip in listening), listening
+
+
+def _connections(proc):
+    try:
+        return proc.net_connections(kind="inet")
+    except psutil.Error:
+        return []
+
+
+@pytest.mark.parametrize("bad", BAD_REQUESTS, ids=lambda b: b.id)
+def test_bad_requests_get_openai_style_errors(client, bad):
+    response = bad.send(client)
+    check_error(response, bad)
+    assert len(response.headers.get_list("x-request-id")) == 1
+
+
+def test_rag_answers_with_sources_usage_and_lookahead_stats(client):
+    body = rag(client, top_k=3)
+    assert body["answer"].strip()
+    assert 1 <= len(body["sources"]) <= 3
+    assert any(s["title"].startswith("json") for s in body["sources"])
+    assert all(s["id"] and s["score"] > 0 for s in body["sources"])
+    usage, stats = body["usage"], body["stats"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert 1 <= stats["steps"] <= usage["completion_tokens"]
+    assert stats["tokens_per_step"] >= 1.0
+    assert stats["accepted_tokens"] <= stats["draft_tokens"]
+
+
+def test_lookahead_answers_exactly_what_plain_decoding_answers(client):
+    lookahead = rag(client, max_tokens=32)
+    plain = rag(client, max_tokens=32, lookahead=False)
+    assert lookahead["answer"] == plain["answer"]
+    assert plain["stats"]["draft_tokens"] == 0
+    assert plain["stats"]["steps"] == plain["usage"]["completion_tokens"]
+
+
+def test_a_stream_arrives_piece_by_piece_and_adds_up_to_the_answer(client):
+    whole = rag(client)["answer"]
+    arrivals, texts = [], []
+    started = time.perf_counter()
+    with client.stream("POST", "/v1/rag", json={"question": QUESTION, "stream": True}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for payload in sse_payloads(r.iter_lines()):
+            if payload["type"] == "delta":
+                arrivals.append(time.perf_counter())
+                texts.append(payload["text"])
+            last = payload
+    ended = time.perf_counter()
+    assert last["type"] == "end"
+    assert "".join(texts) == whole
+    assert len(texts) >= 3
+    # Incremental: the pieces arrive over the decoding time, not in one burst at the end.
+    assert arrivals[-1] - arrivals[0] > 0.3 * (ended - started)
+
+
+def test_openai_client_chat(oai, client):
+    completion = oai.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": QUESTION}], max_tokens=16
+    )
+    choice = completion.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert completion.usage.completion_tokens <= 16
+    assert completion.model_extra["sources"]  # retrieval ran on the user message
+    # Same retrieval and greedy decoding as /v1/rag: the same answer.
+    assert choice.message.content == rag(client, max_tokens=16)["answer"]
+
+
+def test_openai_client_chat_streaming_matches_the_whole_answer(oai):
+    messages = [{"role": "user", "content": "What does functools.lru_cache do?"}]
+    whole = oai.chat.completions.create(model=MODEL, messages=messages, max_tokens=16)
+    stream = oai.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_openai_client_completions_stop_and_no_retrieval(oai):
+    plain = oai.completions.create(
+        model=MODEL, prompt="import json\n\ndata = json.", max_tokens=12, extra_body={"rag": False}
+    )
+    assert plain.choices[0].text
+    assert plain.model_extra["sources"] == []
+    stop = plain.choices[0].text.strip()[:2]
+    stopped = oai.completions.create(
+        model=MODEL,
+        prompt="import json\n\ndata = json.",
+        max_tokens=12,
+        stop=[stop],
+        extra_body={"rag": False},
+    )
+    assert stop not in stopped.choices[0].text
+    assert stopped.choices[0].finish_reason == "stop"
+    streamed = oai.completions.create(
+        model=MODEL,
+        prompt="import json\n\ndata = json.",
+        max_tokens=12,
+        stream=True,
+        extra_body={"rag": False},
+    )
+    assert "".join(c.choices[0].text for c in streamed) == plain.choices[0].text
+
+
+def test_openai_client_models_and_errors(oai):
+    assert [m.id for m in oai.models.list()] == [MODEL]
+    with pytest.raises(openai.NotFoundError) as info:
+        oai.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(model=MODEL, messages=[], max_tokens=4)
+
+
+def test_eight_concurrent_requests_all_succeed_and_a_short_one_is_not_held_back(url):
+    finished = {}
+
+    def ask(name, max_tokens):
+        with httpx.Client(base_url=url, timeout=httpx.Timeout(10.0, read=600.0)) as c:
+            body = {"question": QUESTION, "max_tokens": max_tokens, "lookahead": False}
+            response = c.post("/v1/rag", json=body)
+        finished[name] = time.perf_counter()
+        return response
+
+    jobs = [(f"long{i}", 24) for i in range(7)] + [("short", 2)]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        responses = list(pool.map(lambda job: ask(*job), jobs))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    assert [r.json()["usage"]["completion_tokens"] for r in responses] == [24] * 7 + [2]
+    # Interleaved step by step, the 2-token answer ends long before any 24-token one.
+    assert finished["short"] < min(t for name, t in finished.items() if name != "short")
+
+
+def test_metrics_are_exposed_and_increase(client):
+    def value(text, name):
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = client.get("/metrics").text
+    rag(client, max_tokens=8)
+    after = client.get("/metrics")
+    assert after.headers["content-type"].startswith("text/plain")
+    for name in (
+        'lookahead_rag_requests_total{endpoint="/v1/rag",status="200"}',
+        "lookahead_rag_completion_tokens_total",
+        "lookahead_rag_decode_steps_total",
+        'lookahead_rag_time_to_first_token_seconds_count{endpoint="/v1/rag"}',
+        "lookahead_rag_tokens_per_second_count",
+    ):
+        assert value(after.text, name) > value(before, name), name
+    assert value(after.text, "lookahead_rag_mean_accepted_length") >= 1.0
+    for name in ("lookahead_rag_draft_tokens_total", "lookahead_rag_inter_token_latency_seconds"):
+        assert name in after.text
+
+
+def _per_replica(text, name):
+    return {
+        s.labels["replica"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    }
+
+
+def test_generator_replicas_learn_each_others_ngrams_through_redis(client, serve_app):
+    """Answers of any replica reach Redis and every replica pulls the same top k back, so all
+    build the same global trie. The figures come from inside the replicas, through the
+    ingress's /metrics."""
+    questions = ["What does functools.partial do?", "How do I read a CSV file?",
+                 "What does itertools.chain do?", "How do I run a subprocess?"]  # fmt: skip
+    with ThreadPoolExecutor(len(questions)) as pool:
+        list(pool.map(lambda q: rag(client, question=q, max_tokens=24), questions))
+    deadline = time.monotonic() + 60
+    while True:
+        # Each answer carries its replica's figures as they are now; Serve picks the replica.
+        rag(client, question="What is a tuple?", max_tokens=1)
+        text = client.get("/metrics").text
+        nodes = _per_replica(text, "lookahead_rag_ngram_global_trie_nodes")
+        up = _per_replica(text, "lookahead_rag_ngram_store_up")
+        if (
+            len(nodes) == GENERATOR_REPLICAS
+            and len(set(nodes.values())) == 1
+            and min(nodes.values())
+        ):
+            break
+        assert time.monotonic() < deadline, f"replicas never converged: {nodes}"
+        time.sleep(0.5)
+    assert set(up.values()) == {1.0}
+    assert sum(_per_replica(text, "lookahead_rag_ngram_store_flushed_total").values()) > 0
+    assert sum(_per_replica(text, "lookahead_rag_ngram_store_fallbacks_total").values()) == 0
+    _, config = serve_app
+    store = redis.Redis.from_url(config.ngrams.redis_url.get_secret_value())
+    assert store.keys(), "nothing reached the shared store"
+
+
+def test_healthz(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_a_generator_that_dies_mid_answer_ends_the_stream_with_a_503_error(client, serve_app):
+    """Runs last: kills every Generator replica (the stream is on one of them), then waits for
+    Serve to bring them back."""
+    import ray
+
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if "Generator" in a["name"] and a["name"].startswith("SERVE_REPLICA::")
+    ]
+    assert len(names) == GENERATOR_REPLICAS
+    payloads = []
+    killed = threading.Event()
+    body = {"question": QUESTION, "stream": True, "max_tokens": 200, "lookahead": False}
+    with client.stream("POST", "/v1/rag", json=body) as r:
+        for payload in sse_payloads(r.iter_lines()):
+            payloads.append(payload)
+            if payload.get("type") == "delta" and not killed.is_set():
+                for name in names:
+                    ray.kill(ray.get_actor(name, namespace="serve"))
+                killed.set()
+    error = payloads[-1]["error"]
+    assert error["code"] == "backend_unavailable"
+    assert error["type"] == "service_unavailable"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if client.post("/v1/rag", json={"question": QUESTION, "max_tokens": 2}).status_code == 200:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("the Generator did not come back")

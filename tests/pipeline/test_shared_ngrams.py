@@ -1,0 +1,61 @@
+"""Generator replicas share popular n-grams through one Redis (the real default model)."""
+
+import pytest
+import torch
+
+from pipeline.config import GenerationSection, NgramsSection, load_config
+from pipeline.rag import Answerer
+from pipeline.wire import Answer, GenerationJob
+
+PASSAGE = (
+    "The Hanseatic League was a commercial and defensive confederation of merchant guilds and "
+    "market towns in Central and Northern Europe. Growing from a few North German towns in the "
+    "late 12th century, the league came to dominate Baltic maritime trade for three centuries "
+    "along the coasts of Northern Europe. Its main cities were Lübeck, Hamburg and Bremen."
+)
+SETTINGS = GenerationSection(draft_size=8, max_tokens=32)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Two threads on two busy cores spin against each other (see tests/generation)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def ask(answerer: Answerer, question: str) -> tuple[str, float]:
+    job = GenerationJob(messages=({"role": "user", "content": f"{PASSAGE}\n\n{question}"},))
+    answer = Answer.collect(answerer.stream(job))
+    return answer.text, answer.finished.completion_tokens / answer.finished.summary.steps
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_replica_b_accepts_more_tokens_per_step_thanks_to_replica_a(lm, redis_server):
+    shared = NgramsSection(redis_url=redis_server.url)
+    a = Answerer.from_model(lm, SETTINGS, shared)
+    b = Answerer.from_model(lm, SETTINGS, shared)
+    b_alone = Answerer.from_model(lm, SETTINGS, NgramsSection())  # an empty in-process store
+    try:
+        ask(a, "Which cities were the main cities of the Hanseatic League?")
+        a.ngrams.sync_now()  # A flushes (the background thread would, within seconds)
+        b.ngrams.sync_now()  # B pulls
+        question = "Name the main cities of the Hanseatic League."
+        text, tokens_per_step = ask(b, question)
+        alone_text, alone_tokens_per_step = ask(b_alone, question)
+        assert text == alone_text  # lossless either way
+        assert tokens_per_step > alone_tokens_per_step
+        assert Answerer.from_model(lm, SETTINGS, NgramsSection(enabled=False)).ngrams is None
+    finally:
+        for answerer in (a, b, b_alone):
+            answerer.close()
+
+
+def test_the_redis_url_is_a_secret():
+    env = {"LOOKAHEAD_RAG__NGRAMS__REDIS_URL": "rediss://:s3cret@redis.internal:6380/0"}
+    config = load_config(environ=env)
+    assert config.ngrams.redis_url.get_secret_value().startswith("rediss://:s3cret@")
+    assert "s3cret" not in repr(config)
+    assert "s3cret" not in str(config.model_dump())

@@ -1,0 +1,101 @@
+"""`lookahead-rag index`, `search` and `bench-retrieval` through the real dispatcher."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import pytest
+import torch
+from retrievalhelpers import DOCS
+
+from pipeline.cli import main
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    rows = [{"id": d.id, "title": d.title, "text": d.text} for d in DOCS]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]), encoding="utf-8")
+    return path
+
+
+def test_index_then_search_json(corpus: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "idx"
+    assert main(["index", "--corpus", str(corpus), "--out", str(out), "--quiet"]) == 0
+    assert f"{len(DOCS) - 1} passages" in capsys.readouterr().out
+    question = "What is molten rock that reaches the surface called?"
+    assert main(["search", "--index", str(out), question, "-k", "2", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 2
+    assert {"id", "score", "title", "source", "text"} <= rows[0].keys()
+    assert rows[0]["id"] == "volcanoes#0"
+    assert rows[0]["title"] == "Volcanoes"
+    assert rows[0]["score"] > rows[1]["score"]
+
+    # --add: only the new document is embedded; the index keeps its settings
+    extra = tmp_path / "extra.jsonl"
+    chess = DOCS[-1]
+    extra.write_text(json.dumps({"id": chess.id, "text": chess.text, "title": chess.title}))
+    assert main(["index", "--corpus", str(extra), "--out", str(out), "--add", "--quiet"]) == 0
+    assert f"{len(DOCS)} passages (1 added)" in capsys.readouterr().out
+    assert (
+        main(["search", "--index", str(out), "a chess opening", "how bread rises", "-k", "1"]) == 0
+    )
+    text = capsys.readouterr().out
+    assert "# a chess opening" in text
+    assert "Sicilian Defence" in text
+    assert "Sourdough" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["index", "--corpus", "/nonexistent/corpus", "--out", "{tmp}/i"], "does not exist"),
+        (
+            ["index", "--corpus", "{corpus}", "--out", "{tmp}/i", "--index-type", "Nope9"],
+            "unknown index type",
+        ),
+        (["search", "--index", "{tmp}/missing", "question"], "no index at"),
+    ],
+)
+def test_errors_are_one_line(
+    argv: list[str], message: str, corpus: Path, tmp_path: Path, capsys
+) -> None:
+    argv = [a.format(tmp=tmp_path, corpus=corpus) for a in argv]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert message in err
+    assert "Traceback" not in err
+
+
+@pytest.fixture
+def restore_threads():
+    """`--threads` sets process-wide thread counts; later tests get theirs back."""
+    torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    yield
+    torch.set_num_threads(torch_threads)
+    faiss.omp_set_num_threads(faiss_threads)
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_bench_retrieval_prints_a_table_and_a_json_last_line(capsys) -> None:
+    argv = "bench-retrieval --sizes 2000 --types flat,hnsw --queries 20 --passages 16 --threads 1"
+    assert main(argv.split()) == 0
+    assert torch.get_num_threads() == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(lines[-1])
+    embed = report["embed"]
+    assert embed["passages"]["passages"] == embed["short"]["passages"] == 16
+    assert embed["passages"]["mean_tokens"] > embed["short"]["mean_tokens"]
+    assert embed["short"]["passages_per_s"] > 0
+    assert set(report["indexes"]) == {"flat@2000", "hnsw@2000"}
+    hnsw = report["indexes"]["hnsw@2000"]
+    assert hnsw["recall_at_k"] >= 0.9
+    assert hnsw["bytes_per_vector"] > 1536
+    assert report["indexes"]["flat@2000"]["recall_at_k"] == 1.0
+    assert {"p50", "p95"} <= report["query_embed_ms"].keys()
+    assert "end_to_end_hnsw@2000_ms" in report
+    assert any("hnsw@2000" in line for line in lines[:-1])
