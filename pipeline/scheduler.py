@@ -133,8 +133,7 @@ class StepScheduler:
             if not self._step(current):
                 current = None
         for job in [*live, *([current] if current is not None else [])]:
-            job.emit(_ERROR, RuntimeError(f"{self.name} was closed"))
-            self._finish(job)
+            self._finish(job, _ERROR, RuntimeError(f"{self.name} was closed"))
 
     def _admit(self, live: deque[_Job], block: bool) -> bool:
         """Move new requests into `live`; False once closed."""
@@ -155,16 +154,19 @@ class StepScheduler:
         try:
             item = job.step()
         except StopIteration:
-            job.emit(_END, None)
+            self._finish(job, _END, None)
         except Exception as exc:  # the request fails, the worker goes on with the others
-            job.emit(_ERROR, exc)
+            self._finish(job, _ERROR, exc)
         else:
             job.emit(_ITEM, item)
             return True
-        self._finish(job)
         return False
 
-    def _finish(self, job: _Job) -> None:
+    def _finish(self, job: _Job, kind: int | None = None, value: Any = None) -> None:
+        """Close `job`, stop counting it, then tell its caller (if `kind`): a caller that sees
+        its stream end never sees itself still counted in `active`."""
         job.close()
         with self._lock:
             self._active -= 1
+        if kind is not None:
+            job.emit(kind, value)

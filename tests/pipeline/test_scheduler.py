@@ -52,17 +52,27 @@ def test_requests_take_turns_one_step_each(scheduler):
 
 
 def test_a_short_request_finishes_long_before_a_long_one(scheduler):
-    finished = []
+    log = []  # written on the worker thread, so it records the order steps ran in
+    gate = threading.Event()
 
-    async def run(name, n):
-        await collect(scheduler, lambda: steps(name, n, []))
-        finished.append(name)
+    def blocked_long():  # holds the worker until every request is admitted
+        gate.wait()
+        return steps("long", 400, log)
 
     async def main():
-        await asyncio.gather(run("long", 400), run("short", 2), run("long2", 400))
+        tasks = [
+            asyncio.create_task(collect(scheduler, blocked_long)),
+            asyncio.create_task(collect(scheduler, lambda: steps("short", 2, log))),
+            asyncio.create_task(collect(scheduler, lambda: steps("long2", 400, log))),
+        ]
+        await asyncio.sleep(0)  # every task runs up to its first await: all are submitted
+        gate.set()
+        return await asyncio.gather(*tasks)
 
-    asyncio.run(main())
-    assert finished[0] == "short"
+    long, short, long2 = asyncio.run(main())
+    assert (len(long), short, len(long2)) == (400, ["short0", "short1"], 400)
+    last_short_step = max(i for i, name in enumerate(log) if name == "short")
+    assert last_short_step < 6 and len(log) == 802
 
 
 def test_a_failing_request_fails_alone(scheduler):
