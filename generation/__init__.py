@@ -1,15 +1,30 @@
-"""Model loading and the lossless lookahead decode loop."""
+"""Model loading and the lossless lookahead decode loop.
 
-from generation.decode import Chunk, DecodeStats
-from generation.engine import GenerationResult, LookaheadConfig, LookaheadGenerator
-from generation.models import (
-    DEFAULT_MODEL,
-    LoadedModel,
-    ModelLoadError,
-    UnsupportedModelError,
-    load_model,
-)
-from generation.sampling import SamplingParams
+    from generation import LookaheadGenerator
+    print(LookaheadGenerator.load().generate("What is a trie?").text)
+
+Names are imported on first use, so `generation.defaults` (which the service's config reads)
+never pulls in torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "DEFAULT_MODEL": "generation.defaults",
+    "Chunk": "generation.decode",
+    "DecodeStats": "generation.decode",
+    "GenerationResult": "generation.engine",
+    "LookaheadConfig": "generation.engine",
+    "LookaheadGenerator": "generation.engine",
+    "LoadedModel": "generation.models",
+    "ModelLoadError": "generation.models",
+    "UnsupportedModelError": "generation.models",
+    "load_model": "generation.models",
+    "SamplingParams": "generation.sampling",
+}
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -24,3 +39,16 @@ __all__ = [
     "UnsupportedModelError",
     "load_model",
 ]
+
+if TYPE_CHECKING:
+    from generation.decode import Chunk, DecodeStats
+    from generation.defaults import DEFAULT_MODEL
+    from generation.engine import GenerationResult, LookaheadConfig, LookaheadGenerator
+    from generation.models import LoadedModel, ModelLoadError, UnsupportedModelError, load_model
+    from generation.sampling import SamplingParams
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'generation' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -66,12 +66,13 @@ class Chunk:
 
 
 @torch.inference_mode()
-def prefill(model: PreTrainedModel, prompt: np.ndarray) -> DynamicCache:
-    """Cache every prompt token but the last: that one is the root of the first draft."""
+def prefill(model: PreTrainedModel, ids: np.ndarray) -> DynamicCache:
+    """A cache holding exactly `ids` (the decode loop gives every prompt token but the last:
+    that one is the root of the first draft)."""
     cache = DynamicCache(config=model.config)
-    if len(prompt) > 1:
-        input_ids = torch.from_numpy(prompt[:-1]).to(model.device).unsqueeze(0)
-        model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    if len(ids):
+        input_ids = torch.from_numpy(ids).to(model.device).unsqueeze(0)
+        model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
     return cache
 
 
@@ -101,7 +102,7 @@ def decode(
     context[: len(prompt)] = prompt
     n = len(prompt)
     t0 = time.perf_counter()
-    cache = prefill(model, prompt)
+    cache = prefill(model, prompt[:-1])
     stats.prefill_s = time.perf_counter() - t0
     while True:
         t0 = time.perf_counter()

@@ -18,14 +18,17 @@ import numpy as np
 from generation.budget import choose_draft_size
 from generation.decode import Chunk, DecodeStats, DraftPolicy, decode
 from generation.detokenize import IncrementalDetokenizer
-from generation.models import DEFAULT_MODEL, LoadedModel, load_model
+from generation.defaults import DEFAULT_MODEL, MAX_DRAFT_SIZE
+from generation.models import LoadedModel, load_model
 from generation.sampling import SamplingParams
 from generation.step_cost import StepCostCurve, load_or_measure
 from generation.stopping import StopScanner
 from generation.verify import check_tree_attention
 from trie_store import Drafter, RequestDrafter
+from trie_store.config import is_int
 
-Prompt = str | Sequence[Mapping[str, str]] | Sequence[int] | np.ndarray
+# What `encode` accepts: a user message, chat messages, or token ids.
+PromptInput = str | Sequence[Mapping[str, str]] | Sequence[int] | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class LookaheadConfig:
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()
     draft_size: int | Literal["auto"] = "auto"
-    max_draft_size: int = 64
+    max_draft_size: int = MAX_DRAFT_SIZE
     ignore_eos: bool = False
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
@@ -49,13 +52,13 @@ class LookaheadConfig:
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
         if not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
-        if self.draft_size != "auto" and not (_is_int(self.draft_size) and self.draft_size >= 0):
+        if self.draft_size != "auto" and not (is_int(self.draft_size) and self.draft_size >= 0):
             raise ValueError(f"draft_size must be 'auto' or an int >= 0, got {self.draft_size!r}")
-        if not _is_int(self.max_draft_size) or self.max_draft_size < 0:
+        if not is_int(self.max_draft_size) or self.max_draft_size < 0:
             raise ValueError(f"max_draft_size must be an int >= 0, got {self.max_draft_size!r}")
         if not isinstance(self.sampling, SamplingParams):
             raise ValueError(f"sampling must be a SamplingParams, got {self.sampling!r}")
@@ -107,13 +110,13 @@ class LookaheadGenerator:
             self._step_costs = load_or_measure(self.lm)
         return self._step_costs
 
-    def encode(self, prompt: Prompt) -> np.ndarray:
+    def encode(self, prompt: PromptInput) -> np.ndarray:
         """Token ids of a prompt: ids as given; a string is one user message; messages go
         through the tokenizer's chat template with the assistant turn opened."""
         if isinstance(prompt, str):
             messages = [{"role": "user", "content": prompt}]
         elif isinstance(prompt, np.ndarray) or (
-            isinstance(prompt, Sequence) and all(_is_int(t) for t in prompt)
+            isinstance(prompt, Sequence) and all(is_int(t) for t in prompt)
         ):
             return self._check_ids(np.asarray(prompt))
         elif isinstance(prompt, Sequence) and all(
@@ -137,7 +140,7 @@ class LookaheadGenerator:
 
     def stream(
         self,
-        prompt: Prompt,
+        prompt: PromptInput,
         config: LookaheadConfig | None = None,
         drafter: Drafter | None = None,
     ) -> Iterator[Chunk]:
@@ -174,7 +177,7 @@ class LookaheadGenerator:
 
     def generate(
         self,
-        prompt: Prompt,
+        prompt: PromptInput,
         config: LookaheadConfig | None = None,
         drafter: Drafter | None = None,
     ) -> GenerationResult:
@@ -215,7 +218,7 @@ def context_window(config) -> int | None:
     limits = [
         getattr(config, name)
         for name in ("max_position_embeddings", "n_positions", "sliding_window")
-        if _is_int(getattr(config, name, None))
+        if is_int(getattr(config, name, None))
     ]
     return min(limits, default=None)
 
@@ -224,6 +227,3 @@ def default_drafter(prompt: np.ndarray) -> Drafter:
     """A request trie seeded from the prompt alone."""
     return RequestDrafter(prompt)
 
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

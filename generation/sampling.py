@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from generation.accept import GREEDY, AcceptRule, sample_accept
+from trie_store.config import is_int
 from trie_store.draft import Draft
 
 MAX_SEED = 2**63 - 1
@@ -57,9 +58,9 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if not _is_int(self.top_k) or self.top_k < 0:
+        if not is_int(self.top_k) or self.top_k < 0:
             raise ValueError(f"top_k must be an int >= 0 (0 = no limit), got {self.top_k!r}")
-        if self.seed is not None and not (_is_int(self.seed) and 0 <= self.seed <= MAX_SEED):
+        if self.seed is not None and not (is_int(self.seed) and 0 <= self.seed <= MAX_SEED):
             raise ValueError(f"seed must be an int in [0, 2**63 - 1] or None, got {self.seed!r}")
 
     @property
@@ -135,6 +136,3 @@ def path_to(draft: Draft, node: int) -> np.ndarray:
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

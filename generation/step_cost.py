@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from generation.decode import prefill
 from generation.models import LoadedModel, cache_dir
 from generation.verify import keep_accepted_kv, verify_forward
 from trie_store.draft import Draft
@@ -110,14 +111,6 @@ def _one_step_ms(lm: LoadedModel, cache: DynamicCache, draft: Draft, past_len: i
     return elapsed
 
 
-def _prefilled_cache(lm: LoadedModel, context: np.ndarray) -> DynamicCache:
-    context = torch.from_numpy(context).to(lm.device).unsqueeze(0)
-    cache = DynamicCache(config=lm.model.config)
-    with torch.inference_mode():
-        lm.model(input_ids=context, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return cache
-
-
 def sample_step_costs(
     lms: Sequence[LoadedModel],
     qs: Sequence[int] = QS,
@@ -142,7 +135,7 @@ def sample_step_costs(
     rng = np.random.default_rng(seed)
     vocab = min(lm.model.get_input_embeddings().num_embeddings for lm in lms)
     context = rng.integers(0, vocab, context_len)
-    caches = [_prefilled_cache(lm, context) for lm in lms]
+    caches = [prefill(lm.model, context) for lm in lms]
     samples: list[dict[int, list[float]]] = [{q: [] for q in qs} for _ in lms]
     for round_ in range(warmup + repeats):
         for q in qs:

@@ -105,7 +105,7 @@ def verify_forward(
         input_ids=input_ids,
         position_ids=position_ids,
         attention_mask=tree_attention_mask(draft, past_len, model.dtype, device),
-        past_key_values=cache,
+        cache=cache,
         use_cache=True,
     )
     return out.logits[0]
@@ -160,7 +160,7 @@ def check_tree_attention(model: PreTrainedModel) -> None:
     try:
         reference = model(input_ids=ids.unsqueeze(0)).logits[0, 4:].float()
         cache = DynamicCache(config=model.config)
-        model(input_ids=ids[:4].unsqueeze(0), past_key_values=cache, use_cache=True)
+        model(input_ids=ids[:4].unsqueeze(0), cache=cache, use_cache=True)
         tree = verify_forward(model, cache, draft, past_len=4)[[0, 2, 4, 5]].float()
     except Exception as exc:
         raise UnsupportedModelError(

@@ -13,7 +13,7 @@ from typing import TextIO
 
 import httpx
 
-from pipeline.api import RagRenderer, payloads
+from pipeline.service.routes import RagRenderer, payloads
 from pipeline.config import add_config_arguments, config_from_args
 from pipeline.wire import Answer
 

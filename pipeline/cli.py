@@ -14,17 +14,17 @@ from collections.abc import Sequence
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pipeline.demo", "set up and run the main job on the embedded defaults"),
-    "serve": ("pipeline.server", "run the RAG service (Ray Serve, HTTP API) until interrupted"),
+    "serve": ("pipeline.service.serve_command", "run the RAG service (Ray Serve, HTTP API) until interrupted"),
     "ask": ("pipeline.ask", "answer one question, in-process or from a running service"),
-    "bench-serve": ("pipeline.bench_serve", "serving benchmark: HTTP overhead, load, lookahead"),
-    "bench-trie": ("trie_store.benchmark", "micro-benchmark of the n-gram trie (BENCH.md)"),
-    "bench-warm": ("pipeline.bench_warm", "warm service: shared popular n-grams off/local/shared"),
-    "batch": ("pipeline.batch_command", "answer a file of questions on Ray Data, resumably"),
-    "index": ("pipeline.index_command", "build or extend a FAISS index from a corpus"),
+    "bench-serve": ("benchmarks.serving", "serving benchmark: HTTP overhead, load, lookahead"),
+    "bench-trie": ("benchmarks.trie_speed", "micro-benchmark of the n-gram trie (BENCH.md)"),
+    "bench-warm": ("benchmarks.warm_service", "warm service: shared popular n-grams off/local/shared"),
+    "batch": ("pipeline.jobs.batch_command", "answer a file of questions on Ray Data, resumably"),
+    "index": ("pipeline.jobs.index_command", "build or extend a FAISS index from a corpus"),
     "search": ("retrieval.search_command", "top-k passages of an index for questions"),
-    "bench-retrieval": ("retrieval.benchmark", "embedding, index build and search latencies"),
-    "bench-steps": ("generation.bench_steps", "step-cost curve t(q) of verify passes (BENCH.md)"),
-    "bench": ("generation.benchmark", "greedy vs prompt lookup vs lookahead speed (BENCH.md)"),
+    "bench-retrieval": ("benchmarks.retrieval_speed", "embedding, index build and search latencies"),
+    "bench-steps": ("benchmarks.step_costs", "step-cost curve t(q) of verify passes (BENCH.md)"),
+    "bench": ("benchmarks.generation_speed", "greedy vs prompt lookup vs lookahead speed (BENCH.md)"),
 }
 
 

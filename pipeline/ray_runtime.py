@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -111,13 +110,6 @@ def stop(config: Config) -> None:
     else:
         serve.shutdown()
     ray.shutdown()
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now (for tests and the demo)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_url(config: Config) -> str:

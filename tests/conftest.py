@@ -2,7 +2,7 @@
 
 import pytest
 
-from trie_store.local_redis import LocalRedis
+from benchmarks.local_redis import LocalRedis
 
 
 @pytest.fixture

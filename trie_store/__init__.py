@@ -1,11 +1,10 @@
-"""Token-id n-gram tries and draft trees (pure Python + numpy: no torch, no Ray).
+"""Token-id n-gram tries and draft trees (pure Python + numpy: no torch, no Ray, no I/O).
 
 `RequestDrafter` is what the decode loop holds per request: `draft(context, max_nodes)` each
-step, `observe(accepted_tokens)` after it. It drafts from a lazy `RequestTrie` of the request's
-passages, prompt and answer, optionally merged (`merge_drafts`) with a shared, bounded
-`GlobalTrie` of popular n-grams (snapshot with `save_global_trie` / `load_global_trie`).
-`NgramSync` keeps that trie for a replica, shared with the others through a `PopularStore`
-(`store_from_url`: Redis, or in-process when no URL is configured).
+step, `observe(accepted_tokens)` after it. It drafts from the request channel (`NgramIndex`,
+the n-grams of the request's passages, prompt and answer), merged (`merge_drafts`) with the
+global channel, a read-only `GlobalTrie` of popular n-grams. Keeping that trie shared between
+replicas is the job of the `trie_store.sharing` subpackage.
 """
 
 from trie_store.config import TrieConfig
@@ -13,36 +12,16 @@ from trie_store.draft import Draft, Drafter, ancestor_mask
 from trie_store.drafter import RequestDrafter
 from trie_store.global_trie import GlobalTrie
 from trie_store.merge import REQUEST_WEIGHT, merge_drafts
-from trie_store.popular_store import (
-    InProcessStore,
-    PopularStore,
-    StoreError,
-    StorePolicy,
-    model_namespace,
-    store_from_url,
-)
-from trie_store.request_trie import RequestTrie
-from trie_store.snapshot import load_global_trie, save_global_trie
-from trie_store.sync import NgramSync, SyncConfig
+from trie_store.ngram_index import NgramIndex
 
 __all__ = [
     "REQUEST_WEIGHT",
     "Draft",
     "Drafter",
     "GlobalTrie",
-    "InProcessStore",
-    "NgramSync",
-    "PopularStore",
+    "NgramIndex",
     "RequestDrafter",
-    "RequestTrie",
-    "StoreError",
-    "StorePolicy",
-    "SyncConfig",
     "TrieConfig",
     "ancestor_mask",
-    "load_global_trie",
     "merge_drafts",
-    "model_namespace",
-    "save_global_trie",
-    "store_from_url",
 ]

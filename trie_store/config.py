@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from dataclasses import dataclass
 
 
+def is_int(value: object) -> bool:
+    """An integer (numpy's too), but not a bool: what every integer setting accepts."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def as_int(value: object, name: str, minimum: int = 0) -> int:
     """An integer setting or budget, as a plain int, with a clear error instead of a deep one."""
-    if isinstance(value, bool):
+    if not is_int(value):
         raise ValueError(f"{name} must be an integer, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    number = operator.index(value)
     if number < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {number}")
     return number

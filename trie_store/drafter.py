@@ -8,7 +8,7 @@ from trie_store.config import TrieConfig
 from trie_store.draft import Draft
 from trie_store.global_trie import GlobalTrie
 from trie_store.merge import REQUEST_WEIGHT, merge_drafts
-from trie_store.request_trie import RequestTrie
+from trie_store.ngram_index import NgramIndex
 
 
 class RequestDrafter:
@@ -33,14 +33,14 @@ class RequestDrafter:
     ) -> None:
         if not 0.0 <= request_weight <= 1.0:
             raise ValueError(f"request_weight must be in [0, 1], got {request_weight}")
-        self.trie = RequestTrie([*passages, prompt], config, max_matches)
+        self.index = NgramIndex([*passages, prompt], config, max_matches)
         self.global_trie = global_trie
         self.request_weight = request_weight
 
     def draft(self, context: object, max_nodes: int) -> Draft:
         """A best-first tree continuing `context` (root = its last token), at most `max_nodes`
         drafted nodes; `Draft.root_only(context[-1])` when nothing matches."""
-        local = self.trie.draft(context, max_nodes)
+        local = self.index.draft(context, max_nodes)
         if self.global_trie is None:
             return local
         shared = self.global_trie.draft(context, max_nodes)
@@ -48,4 +48,4 @@ class RequestDrafter:
 
     def observe(self, tokens: object) -> None:
         """Append newly accepted tokens to the answer: only their windows are indexed."""
-        self.trie.extend(tokens)
+        self.index.extend(tokens)

@@ -19,7 +19,7 @@ from ray.serve._private.build_app import build_app
 from ray.serve._private.utils import import_attr
 from ray.serve.schema import ServeDeploySchema
 
-import pipeline.app
+import pipeline.service.app
 from pipeline import cli
 from pipeline.config import ENV_PREFIX, load_config
 
@@ -47,8 +47,8 @@ def test_serve_config_builds_the_app_the_cli_serves(serve_config: ServeDeploySch
         name=app_config.name,
     )
     names = {d.name for d in built.deployments}
-    # `lookahead-rag serve` deploys pipeline.app.build_app of the config: the same graph.
-    cli_app = build_app(pipeline.app.build_app(load_config(environ={})), name=app_config.name)
+    # `lookahead-rag serve` deploys pipeline.service.app.build_app of the config: the same graph.
+    cli_app = build_app(pipeline.service.app.build_app(load_config(environ={})), name=app_config.name)
     assert names == {d.name for d in cli_app.deployments}
     overridden = {d.name for d in app_config.deployments}
     assert overridden <= names, f"overrides for deployments the app lacks: {overridden - names}"

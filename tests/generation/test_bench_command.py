@@ -6,7 +6,7 @@ import pytest
 import torch
 from genhelpers import tiny_model
 
-from generation.benchmark import read_prompts
+from benchmarks.generation_speed import read_prompts
 from pipeline.cli import main
 
 ROWS = [

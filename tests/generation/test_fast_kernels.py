@@ -9,19 +9,13 @@ import transformers as tf
 from genhelpers import VOCAB, tiny_model
 from torch import nn
 
+from generation.decode import prefill
 from generation.gqa_attention import NAME as SDPA_GQA
 from generation.models import load_model, speed_up
 from generation.packed_linear import PackedLinear, pack_linear_layers
 from generation.step_cost import tree_draft
 from generation.verify import GrowingLayer, keep_accepted_kv, verify_forward
 from trie_store.draft import Draft
-
-
-def prefill(model, tokens: np.ndarray) -> tf.DynamicCache:
-    cache = tf.DynamicCache(config=model.config)
-    with torch.inference_mode():
-        model(input_ids=torch.from_numpy(tokens).unsqueeze(0), past_key_values=cache)
-    return cache
 
 
 @torch.inference_mode()
@@ -143,7 +137,7 @@ def test_growing_cache_still_works_after_transformers_resets_it():
     verify_forward(model, cache, draft, len(context))
     cache.reset()
     with torch.inference_mode():
-        model(input_ids=torch.from_numpy(context).unsqueeze(0), past_key_values=cache)
+        model(input_ids=torch.from_numpy(context).unsqueeze(0), cache=cache)
     tree = verify_forward(model, cache, draft, len(context))
     torch.testing.assert_close(tree, sequential_logits(model, context, draft), rtol=0, atol=1e-12)
 

@@ -16,7 +16,7 @@ from generation.verify import check_tree_attention, keep_accepted_kv, verify_for
 
 def cache_of(model, ids: np.ndarray) -> DynamicCache:
     cache = DynamicCache(config=model.config)
-    model(input_ids=torch.from_numpy(ids).unsqueeze(0), past_key_values=cache, use_cache=True)
+    model(input_ids=torch.from_numpy(ids).unsqueeze(0), cache=cache, use_cache=True)
     return cache
 
 
@@ -25,7 +25,7 @@ def test_rejected_branch_leaves_the_cache_of_the_accepted_path(arch):
     model = tiny_model(arch)
     prompt = np.random.default_rng(0).integers(0, VOCAB, 9)
     truth = greedy(model, prompt, 4)
-    cache = prefill(model, prompt)
+    cache = prefill(model, prompt[:-1])
     # Decoys first, so the accepted nodes 0, 2, 5 are not a prefix of the flattened order.
     wrong = (truth + 1) % VOCAB
     draft = tree(

@@ -5,7 +5,7 @@ import pytest
 import torch
 from genhelpers import tiny_model
 
-import generation.bench_steps as bench_steps
+import benchmarks.step_costs as bench_steps
 import generation.step_cost as step_cost
 from generation.models import LoadedModel
 from generation.step_cost import (

@@ -32,6 +32,7 @@ def small_index_dir(tmp_path_factory):
 def local_ray():
     """A local loopback Ray for the module's tests (commands run inside it reuse it)."""
     from pipeline import ray_runtime
+    from pipeline.ports import free_port
     from pipeline.config import Config
 
     with ray_runtime.connected(Config(), quiet=True):
@@ -46,13 +47,14 @@ def serve_app(small_index_dir, session_redis):
     from servehelpers import GENERATOR_REPLICAS, small_limits_config
 
     from pipeline import ray_runtime
-    from pipeline.server import deploy
+    from pipeline.ports import free_port
+    from pipeline.service.serve_command import deploy
 
     config = small_limits_config(
         **{
             "retrieval.index_dir": str(small_index_dir),
             "generation.max_tokens": 24,
-            "server.port": ray_runtime.free_port(),
+            "server.port": free_port(),
             "server.ray_num_cpus": 2,
             "deployments.generator.num_replicas": GENERATOR_REPLICAS,
             "model.torch_threads": 1,

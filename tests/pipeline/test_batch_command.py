@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import redis
 
-from pipeline.batch_io import OK, final_records
+from pipeline.jobs.batch_io import OK, final_records
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.rag import Answerer, RagPipeline

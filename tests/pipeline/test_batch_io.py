@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.batch_io import (
+from pipeline.jobs.batch_io import (
     FAILED,
     INVALID,
     OK,

@@ -15,8 +15,8 @@ import numpy as np
 import psutil
 import pytest
 
-from pipeline.batch import BatchOptions, GenerateStage, RetrieveStage, Stages, run_batch
-from pipeline.batch_io import (
+from pipeline.jobs.batch import BatchOptions, GenerateStage, RetrieveStage, Stages, run_batch
+from pipeline.jobs.batch_io import (
     FAILED,
     INVALID,
     OK,

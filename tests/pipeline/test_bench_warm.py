@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pipeline.bench_warm import paraphrase, read_stream, shortened
+from benchmarks.warm_service import paraphrase, read_stream, shortened
 
 
 def test_the_stream_repeats_and_paraphrases_each_prompt(tmp_path):

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from servehelpers import BAD_REQUESTS, MODEL, USER, check_error, small_limits_config, sse_payloads
 
-from pipeline.api import build_api
-from pipeline.errors import BackendUnavailableError
+from pipeline.service.routes import build_api
+from pipeline.service.errors import BackendUnavailableError
 from pipeline.wire import DecodeSummary, Delta, Finished, SourceRef, Started
 
 

@@ -4,7 +4,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.metrics import Metrics, ReplicaCollector
+from pipeline.service.metrics import Metrics, ReplicaCollector
 from pipeline.wire import DecodeSummary, Finished, ReplicaMetrics
 from trie_store.sync import SyncMetrics
 
@@ -50,7 +50,7 @@ def test_each_replica_shows_its_latest_figures_under_its_own_label():
 def test_a_replica_unheard_of_for_too_long_is_dropped(monkeypatch):
     collector = ReplicaCollector(stale_s=60)
     clock = [1000.0]
-    monkeypatch.setattr("pipeline.metrics.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("pipeline.service.metrics.time.monotonic", lambda: clock[0])
     collector.update(_snapshot("old:1", 0, 5))
     clock[0] += 30
     collector.update(_snapshot("new:2", 0, 6))

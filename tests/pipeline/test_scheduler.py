@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from pipeline.scheduler import StepScheduler
+from pipeline.service.scheduler import StepScheduler
 
 
 def steps(name, n, log, fail_at=None):

@@ -1,6 +1,6 @@
 """Index types through FAISS factory strings; recall of the approximate ones against exact.
 
-Recall is measured on synthetic embedding-like vectors (see `retrieval.benchmark`) to keep the
+Recall is measured on synthetic embedding-like vectors (see `benchmarks.retrieval_speed`) to keep the
 test fast; the IVF-PQ figure is printed (pytest -s) and held to a loose floor.
 """
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from retrieval import RetrievalError
-from retrieval.benchmark import recall_at_k, synthetic_vectors
+from benchmarks.retrieval_speed import recall_at_k, synthetic_vectors
 from retrieval.faiss_index import (
     FLAT_MAX,
     HNSW_MAX,

@@ -1,144 +1,143 @@
-"""GlobalTrie: counts, drafts, the node budget and age decay."""
-
-import math
+"""GlobalTrie: drafts from hand-built, read-only tries (vLLM test_ngram style), and
+`from_arrays` refusing what is not a valid trie."""
 
 import numpy as np
 import pytest
+from triehelpers import draft_paths, trie_from_paths, window_counts
 
 from trie_store import Draft, GlobalTrie, TrieConfig
 
-NO_DECAY = math.inf
+#          root
+#          1 (8)
+#      2 (4)   5 (4)
+#   3 (3) 4 (1)
+TOKENS = [-1, 1, 2, 5, 3, 4]
+PARENTS = [-1, 0, 1, 1, 2, 2]
+COUNTS = [0.0, 8.0, 4.0, 4.0, 3.0, 1.0]
 
 
-def test_insert_counts_every_window_prefix():
-    trie = GlobalTrie(TrieConfig(branch_length=2), half_life=NO_DECAY)
-    trie.insert([1, 2, 3, 1, 2, 4])
-    # windows: 123 231 312 124 24 4
-    assert trie.count([1]) == 2
-    assert trie.count([1, 2]) == 2
-    assert trie.count([1, 2, 3]) == 1
-    assert trie.count([2]) == 2
-    assert trie.count([2, 4]) == 1
-    assert trie.count([3, 1, 2, 4]) == 0  # longer than a window: never stored
-    assert trie.count([]) == 0
-    assert len(trie) == 12  # 1 12 123 124 2 23 231 24 3 31 312 4
-
-
-def test_from_ngrams_adds_counts_along_each_path():
-    trie = GlobalTrie.from_ngrams(
-        [[5, 6, 7], [5, 6, 8], [9]], [3.0, 1.0, 2.0], config=TrieConfig(branch_length=2)
+def hand_built(config: TrieConfig, tokens=TOKENS, parents=PARENTS, counts=COUNTS) -> GlobalTrie:
+    return GlobalTrie.from_arrays(
+        np.array(tokens, dtype=np.int64),
+        np.array(parents, dtype=np.int32),
+        np.array(counts, dtype=np.float64),
+        config=config,
     )
-    assert trie.count([5]) == pytest.approx(4.0, rel=1e-3)
-    assert trie.count([5, 6, 7]) == pytest.approx(3.0, rel=1e-3)
-    assert len(trie) == 5
-    trie.add_ngrams([[5, 6, 8]], [5.0])
-    draft = trie.draft([0, 5, 6], 2)
-    assert draft.tokens.tolist() == [6, 8, 7]  # 8 now counts more than 7
 
 
 def test_draft_scores_follow_the_counts():
-    trie = GlobalTrie(TrieConfig(branch_length=3, prior=0.0), half_life=NO_DECAY)
-    trie.add_ngrams([[1, 2, 3], [1, 2, 4], [1, 5]], [3, 1, 4])
+    trie = hand_built(TrieConfig(branch_length=3, prior=0.0))
+    assert len(trie) == 5
     draft = trie.draft([1], 8)
     draft.validate()
+    # 2 and 5 tie at 4 of 8: the later-numbered node (5) ranks first
     assert draft.tokens.tolist() == [1, 5, 2, 3, 4]
-    assert draft.scores.tolist() == pytest.approx([1, 4 / 8, 4 / 8, 3 / 8, 1 / 8])
     assert draft.parent.tolist() == [-1, 0, 0, 2, 2]
+    assert draft.scores.tolist() == pytest.approx([1, 4 / 8, 4 / 8, 3 / 8, 1 / 8])
+
+
+def test_the_prior_smooths_every_step():
+    draft = hand_built(TrieConfig(branch_length=3, prior=1.0)).draft([1], 8)
+    assert draft.scores.tolist() == pytest.approx([1, 4 / 9, 4 / 9, 4 / 9 * 3 / 5, 4 / 9 * 1 / 5])
+
+
+def test_ties_go_to_the_later_numbered_sibling():
+    swapped = hand_built(
+        TrieConfig(branch_length=3), [-1, 1, 5, 2, 3, 4], [-1, 0, 1, 1, 3, 3], COUNTS
+    )
+    assert swapped.draft([1], 2).tokens.tolist() == [1, 2, 5]
+
+
+def test_budget_cuts_best_first_and_zero_drafts_nothing():
+    trie = hand_built(TrieConfig(branch_length=3, prior=0.0))
+    assert draft_paths(trie.draft([1], 3)) == [(), (5,), (2,), (2, 3)]
+    assert trie.draft([1], 0) == Draft.root_only(1)
 
 
 def test_longest_stored_context_wins_and_misses_are_empty():
-    trie = GlobalTrie(TrieConfig(branch_length=3))
-    trie.add_ngrams([[7, 1, 8], [1, 9]])
+    paths = {(7,): 1, (7, 1): 1, (7, 1, 8): 1, (1,): 1, (1, 9): 1, (8,): 1, (8, 5): 1}
+    trie = trie_from_paths(paths, TrieConfig(branch_length=3))
     assert trie.draft([7, 1], 4).tokens.tolist() == [1, 8]
-    assert trie.draft([6, 1], 4).tokens.tolist() == [1, 9]
+    assert trie.draft([6, 1], 4).tokens.tolist() == [1, 9]  # "6 1" unseen: "1" alone
+    # "7 1 8" is stored but ends there, "1 8" is not stored: "8" alone -> 5
+    assert trie.draft([7, 1, 8], 4).tokens.tolist() == [8, 5]
     assert trie.draft([6, 3], 4) == Draft.root_only(3)
-    assert trie.draft([7, 1], 0) == Draft.root_only(1)
 
 
-def test_budget_evicts_the_least_used_whole_subtrees():
-    trie = GlobalTrie(TrieConfig(branch_length=2), max_nodes=8, half_life=NO_DECAY)
-    trie.add_ngrams([[1, 2, 3]], [10])
-    trie.add_ngrams([[4, 5, 6]], [5])
-    trie.add_ngrams([[7]], [5])
-    trie.add_ngrams([[7, 8, 9]], [1])  # 9 nodes: over budget
-    assert len(trie) == 6  # evicted down to 75% of the budget in one go: 3 nodes went
-    assert trie.count([7, 8]) == 0  # 789 and its parent 78 (1 each): leaves go first
-    assert trie.count([7]) == 6  # a prefix counts at least as much as its leaves
-    assert trie.count([4, 5, 6]) == 0  # a tie at 5 with 4 and 45: the deepest goes
-    assert trie.count([4, 5]) == 5
-    assert trie.count([1, 2, 3]) == 10
-    for node_path in ([1], [1, 2], [4, 5], [7]):
-        assert trie.draft(node_path, 4).validate() is None
+def test_depth_is_bounded_by_the_stored_window_and_context_by_max_context():
+    config = TrieConfig(branch_length=4, max_context=2)
+    trie = trie_from_paths(window_counts([range(10, 30)], 4), config)
+    # windows hold 5 tokens; a 2-token context leaves 3 for the draft
+    assert trie.draft([10, 11], 10).tokens.tolist() == [11, 12, 13, 14]
+    assert trie.draft([99, 11], 10).tokens.tolist() == [11, 12, 13, 14, 15]
+    # only the last max_context tokens are matched: "12 13" drafts as if alone
+    assert trie.draft([99, 99, 12, 13], 10) == trie.draft([12, 13], 10)
 
 
-def test_budget_holds_under_a_stream_of_inserts():
-    rng = np.random.default_rng(0)
-    trie = GlobalTrie(TrieConfig(branch_length=4), max_nodes=300)
-    common = [1, 2, 3, 4, 5]
-    for _ in range(60):
-        trie.insert(np.r_[common, rng.integers(10, 500, 20)])
-        assert len(trie) <= 300
-    assert trie.count(common) > 0  # seen in every insert: it survives every eviction
-    assert trie.draft([1, 2], 3).tokens.tolist() == [2, 3, 4, 5]
+def test_the_empty_trie_drafts_nothing_and_checks_its_input():
+    trie = GlobalTrie()
+    assert len(trie) == 0
+    assert trie.draft([1, 2, 3], 8) == Draft.root_only(3)
+    with pytest.raises(ValueError, match="context"):
+        trie.draft([], 3)
+    with pytest.raises(ValueError, match="negative"):
+        trie.draft([1, -1], 3)
+    with pytest.raises(ValueError, match="max_nodes"):
+        trie.draft([1], -1)
 
 
-def test_budget_holds_within_one_huge_insert():
-    trie = GlobalTrie(TrieConfig(branch_length=3), max_nodes=50)
-    trie.insert(np.random.default_rng(1).integers(0, 1000, 5000))
-    assert 0 < len(trie) <= 50
-    trie.draft([int(trie.to_arrays()["tokens"][1])], 4).validate()
+def test_a_built_trie_never_changes_with_its_input_arrays():
+    tokens, parents, counts = (np.array(a) for a in (TOKENS, PARENTS, COUNTS))
+    trie = GlobalTrie.from_arrays(tokens, parents, counts, config=TrieConfig(prior=0.0))
+    before = trie.draft([1], 8)
+    tokens[2], counts[4] = 9, 0.5
+    assert trie.draft([1], 8) == before
 
 
-def test_counts_decay_with_age_so_recent_ngrams_win():
-    trie = GlobalTrie(TrieConfig(branch_length=1), half_life=1.0)
-    trie.add_ngrams([[1, 2]], [3])
-    trie.add_ngrams([[1, 3]], [2])  # one tick later: the 3 counts of "1 2" are now 1.5
-    assert trie.count([1, 2]) == pytest.approx(1.5)
-    assert trie.count([1, 3]) == pytest.approx(2.0)
-    assert trie.draft([1], 2).tokens.tolist() == [1, 3, 2]
-
-
-def test_counts_survive_renormalisation():
-    trie = GlobalTrie(TrieConfig(branch_length=1), half_life=0.01)  # x2**100 a tick
-    trie.add_ngrams([[1, 2]])
-    for _ in range(5):  # the scale passes 1e100: stored counts are rescaled
-        trie.add_ngrams([[1, 3]])
-    assert 0 < trie.count([1, 2]) < 1e-100
-    assert trie.count([1, 3]) == pytest.approx(1.0)
-    assert trie.draft([1], 2).tokens.tolist() == [1, 3, 2]
+def replaced(**changes: object) -> tuple[object, object, object]:
+    arrays = {
+        "tokens": np.array(TOKENS, dtype=np.int64),
+        "parents": np.array(PARENTS, dtype=np.int64),
+        "counts": np.array(COUNTS, dtype=np.float64),
+    }
+    arrays.update(changes)
+    return arrays["tokens"], arrays["parents"], arrays["counts"]
 
 
 @pytest.mark.parametrize(
-    ("ngrams", "counts", "message"),
+    ("arrays", "message"),
     [
-        ([[1, 2, 3, 4]], None, r"ngrams\[1\] has 4 tokens"),
-        ([[]], None, r"ngrams\[1\] has 0 tokens"),
-        ([[1, -2]], None, r"ngrams\[1\].*negative"),
-        ([[1, 2]], [1, 2], "2 n-grams but 3 counts"),
-        ([[1, 2]], [-1], "counts"),
-        ([[1, 2]], [float("inf")], "counts"),
-        ([[1.5]], None, "integer"),
-        ([[1, 2]], ["many"], "counts must be numbers"),
+        (replaced(tokens=np.array(TOKENS, dtype=np.float64)), "tokens must be 1-D of kind 'i'"),
+        (replaced(parents=np.array([PARENTS])), "parents must be 1-D"),
+        (replaced(counts=np.array(COUNTS, dtype=np.int64)), "counts must be 1-D of kind 'f'"),
+        (replaced(counts=np.array(COUNTS[:-1])), "one equal length >= 1, got 6, 6, 5"),
+        (
+            replaced(
+                tokens=np.zeros(0, np.int64), parents=np.zeros(0, np.int64), counts=np.zeros(0)
+            ),
+            "one equal length >= 1, got 0, 0, 0",
+        ),
+        (replaced(tokens=np.array([0, 1, 2, 5, 3, 4])), "node 0 must be the root"),
+        (replaced(parents=np.array([0, 0, 1, 1, 2, 2])), "node 0 must be the root"),
+        (replaced(tokens=np.array([-1, 1, 2, -5, 3, 4])), "non-negative"),
+        (replaced(parents=np.array([-1, 0, 1, 1, 5, 2])), "parent must come before its child"),
+        (replaced(parents=np.array([-1, 0, 1, 1, 4, 2])), "parent must come before its child"),
+        (replaced(parents=np.array([-1, 0, -1, 1, 2, 2])), "parent must come before its child"),
+        (replaced(counts=np.array([np.nan, 8, 4, 4, 3, 1])), "finite and > 0"),
+        (replaced(counts=np.array([0, 8, 4, 4, 3, np.nan])), "finite and > 0"),
+        (replaced(counts=np.array([0, 8, 4, 4, np.inf, 1])), "finite and > 0"),
+        (replaced(counts=np.array([0, 8, 4, 4, 3, 0.0])), "finite and > 0"),
+        (replaced(counts=np.array([0, 8, -4, 4, 3, 1])), "finite and > 0"),
+        (replaced(counts=np.array([0, 8, 4, 4, 5, 1])), "counts more than its parent"),
+        (replaced(tokens=np.array([-1, 1, 2, 2, 3, 4])), "two children with the same token"),
     ],
 )
-def test_bad_ngrams_raise_and_change_nothing(ngrams, counts, message):
-    trie = GlobalTrie(TrieConfig(branch_length=2))
-    trie.add_ngrams([[7, 8]])
+def test_from_arrays_refuses_what_is_not_a_trie(arrays, message):
     with pytest.raises(ValueError, match=message):
-        trie.add_ngrams([[5, 6], *ngrams], None if counts is None else [1, *counts])
-    assert len(trie) == 2
-    assert trie.count([5]) == 0
+        GlobalTrie.from_arrays(*arrays, config=TrieConfig(branch_length=3))
 
 
-def test_bad_settings_and_input_raise():
-    with pytest.raises(ValueError, match="max_nodes"):
-        GlobalTrie(max_nodes=0)
-    with pytest.raises(ValueError, match="half_life"):
-        GlobalTrie(half_life=0)
-    trie = GlobalTrie()
-    trie.insert([])
-    assert len(trie) == 0
-    with pytest.raises(ValueError, match="negative"):
-        trie.insert([3, -1])
-    with pytest.raises(ValueError, match="context"):
-        trie.draft([], 3)
+def test_from_arrays_refuses_paths_longer_than_a_window():
+    hand_built(TrieConfig(branch_length=2))  # 1 -> 2 -> 3: three tokens fit
+    with pytest.raises(ValueError, match=r"longer than branch_length \+ 1 = 2"):
+        hand_built(TrieConfig(branch_length=1))

@@ -1,21 +1,21 @@
-"""Hypothesis properties of drafts from both tries, and a cross-check of the two.
+"""Hypothesis properties of drafts from both channels, and a cross-check of the two.
 
-The request trie (lazy: occurrences expanded at draft time) and the global trie (stored nodes)
-are independent implementations of one definition, so on the same data with no decay they
-must draft the same subtree with the same scores.
+The request channel (`NgramIndex`: occurrences expanded at draft time) and the global channel
+(`GlobalTrie`: stored nodes, built here by the test oracle from every window's prefixes) are
+independent implementations of one definition, so on the same data they must draft the same
+subtree with the same scores.
 """
-
-import math
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from triehelpers import draft_paths, scored_paths, trie_from_paths, window_counts
 
 from trie_store import (
     Draft,
     GlobalTrie,
+    NgramIndex,
     RequestDrafter,
-    RequestTrie,
     TrieConfig,
     ancestor_mask,
     merge_drafts,
@@ -32,11 +32,8 @@ budgets = st.integers(0, 40)
 FAST = settings(max_examples=60, deadline=None)
 
 
-def paths(draft: Draft) -> list[tuple[int, ...]]:
-    out: list[tuple[int, ...]] = [()]
-    for i in range(1, len(draft)):
-        out.append((*out[draft.parent[i]], int(draft.tokens[i])))
-    return out
+def global_trie(segments: list[list[int]], config: TrieConfig) -> GlobalTrie:
+    return trie_from_paths(window_counts(segments, config.branch_length), config)
 
 
 def occurs(needle: list[int], segments: list[list[int]]) -> bool:
@@ -48,7 +45,7 @@ def check_draft(draft: Draft, context: list[int], budget: int, config: TrieConfi
     draft.validate()
     assert draft.tokens[0] == context[-1]
     assert draft.size <= budget
-    for i, path in enumerate(paths(draft)):
+    for i, path in enumerate(draft_paths(draft)):
         assert draft.depth[i] == len(path)  # depth is the distance to the root
     mask = ancestor_mask(draft)
     for i in range(len(draft)):
@@ -59,7 +56,7 @@ def check_draft(draft: Draft, context: list[int], budget: int, config: TrieConfi
         assert set(np.flatnonzero(mask[i]).tolist()) == ancestors
     # matched on some k context tokens: each drafted path extends them to a stored n-gram
     width = config.branch_length + 1
-    for path in paths(draft)[1:]:
+    for path in draft_paths(draft)[1:]:
         assert any(
             k + len(path) <= width and occurs(context[len(context) - k :] + list(path), segments)
             for k in range(1, min(config.max_context, len(context)) + 1)
@@ -69,31 +66,25 @@ def check_draft(draft: Draft, context: list[int], budget: int, config: TrieConfi
 @FAST
 @given(st.lists(tokens, min_size=1, max_size=3), tokens, configs, budgets)
 def test_request_drafts_are_valid_trees_of_stored_ngrams(segments, context, config, budget):
-    draft = RequestTrie(segments, config).draft(context, budget)
+    draft = NgramIndex(segments, config).draft(context, budget)
     check_draft(draft, context, budget, config, segments)
 
 
 @FAST
 @given(st.lists(tokens, min_size=1, max_size=3), tokens, configs, budgets)
 def test_global_drafts_are_valid_trees_of_stored_ngrams(segments, context, config, budget):
-    trie = GlobalTrie(config, half_life=math.inf)
-    for seg in segments:
-        trie.insert(seg)
+    trie = global_trie(segments, config)
     check_draft(trie.draft(context, budget), context, budget, config, segments)
 
 
 @FAST
 @given(st.lists(tokens, min_size=1, max_size=3), tokens, configs)
 def test_request_and_global_tries_agree(segments, context, config):
-    # an empty last segment closes the live one, whose open end the request trie leaves out
-    request = RequestTrie([*segments, []], config, max_matches=1000)
-    shared = GlobalTrie(config, half_life=math.inf)
-    for seg in segments:
-        shared.insert(seg)
+    # an empty last segment closes the live one, whose open end the request index leaves out
+    request = NgramIndex([*segments, []], config, max_matches=1000)
+    shared = global_trie(segments, config)
     a, b = request.draft(context, 10_000), shared.draft(context, 10_000)
-    as_scores = dict(zip(paths(a), a.scores.tolist(), strict=True))
-    bs_scores = dict(zip(paths(b), b.scores.tolist(), strict=True))
-    assert as_scores == bs_scores
+    assert scored_paths(a) == scored_paths(b)
 
 
 @FAST
@@ -105,7 +96,7 @@ def test_observing_the_answer_equals_seeding_with_it(prompt, steps, config, budg
     for token in answer:
         drafter.observe([token])
         context.append(token)
-    seeded = RequestTrie([context], config)
+    seeded = NgramIndex([context], config)
     assert drafter.draft(context, budget) == seeded.draft(context, budget)
 
 
@@ -121,16 +112,14 @@ def test_observing_the_answer_equals_seeding_with_it(prompt, steps, config, budg
 def test_merged_drafts_hold_each_path_once(
     request_segments, global_segments, context, config, budget, weight
 ):
-    shared = GlobalTrie(config)
-    for seg in global_segments:
-        shared.insert(seg)
-    a = RequestTrie(request_segments, config).draft(context, budget)
+    shared = global_trie(global_segments, config)
+    a = NgramIndex(request_segments, config).draft(context, budget)
     b = shared.draft(context, budget)
     merged = merge_drafts(a, b, budget, weight)
     merged.validate()  # includes: no two siblings with one token, i.e. no duplicate path
     assert merged.size <= budget
-    union = set(paths(a)) | set(paths(b))
-    assert set(paths(merged)) <= union
+    union = set(draft_paths(a)) | set(draft_paths(b))
+    assert set(draft_paths(merged)) <= union
     assert merged.size == min(budget, len(union) - 1)  # nothing lost but what the budget cut
 
 
@@ -152,8 +141,7 @@ def test_junk_input_gives_a_value_error_or_a_valid_result(tokens, budget):
         lambda: drafter.draft(tokens, budget),
         lambda: drafter.draft(tokens, 4),
         lambda: drafter.observe(tokens),
-        lambda: drafter.global_trie.insert(tokens),
-        lambda: drafter.global_trie.add_ngrams([tokens], [1]),
+        lambda: GlobalTrie.from_arrays(tokens, tokens, budget).draft([1, 2], 4),
     ):
         try:
             result = call()

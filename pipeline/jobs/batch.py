@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from pipeline.batch_io import (
+from pipeline.jobs.batch_io import (
     OK,
     QUESTION_SCHEMA,
     Counts,

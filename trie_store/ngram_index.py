@@ -1,8 +1,8 @@
 """The request channel: the n-grams of one request's passages, prompt and growing answer.
 
-Lazy by design. A request trie lives for one request and is queried maybe a few hundred times,
-so building trie nodes for every window of every passage would be wasted work (a dict-of-dicts
-insert of 4096 tokens takes 8-20 ms here). It keeps the token stream and one array of keys,
+Not a trie: an index. The request channel lives for one request and is queried maybe a few
+hundred times, so building trie nodes for every window of every passage would be wasted work
+(a dict-of-dicts insert of 4096 tokens takes 8-20 ms here). It keeps the token stream and one array of keys,
 sorted: for every position and every context length k <= max_context, k tagged onto a hash of
 the k tokens ending there (numpy, one pass, one stable argsort: ~1 ms for 4096 tokens). A draft
 finds the runs of its context's keys with one `searchsorted` and expands, best first, only the
@@ -33,8 +33,8 @@ TAIL_MIN = 256  # the dict index of new positions is folded into the sorted one 
 TAIL_SHARE = 4  # max(TAIL_MIN, indexed positions / TAIL_SHARE) entries
 
 
-class RequestTrie:
-    """Request-channel n-gram store for one request: seeded once, then grown token by token.
+class NgramIndex:
+    """The request channel's n-grams: seeded once from the request, then grown token by token.
 
     segments: sources that must not run into each other (passages, the prompt). The last one is
         live: `extend` continues it, so the answer follows the prompt.
@@ -84,11 +84,6 @@ class RequestTrie:
             self._rebuild()
         else:
             self._index_tail(start, self._end)
-
-    def insert(self, tokens: object) -> None:
-        """Add a new segment (say a late passage); later `extend`s continue it."""
-        self._live = False
-        self.extend(tokens)
 
     def draft(self, context: object, max_nodes: int) -> Draft:
         """The best `max_nodes`-node tree continuing the longest matched suffix of `context`."""

@@ -1,8 +1,8 @@
-"""Local counting of answer n-grams, as shared-store members, in a bounded buffer.
+"""Answer n-grams as shared-store members, and their local counts in a bounded buffer.
 
 A member is one n-gram packed as little-endian uint32 token ids (4 bytes a token): compact,
 the same bytes on every machine, and nothing a reader must trust to deserialise (never pickle).
-The n-grams are the windows `GlobalTrie.insert` counts, `tokens[i : i + branch_length + 1]`
+The n-grams are the windows the request channel indexes, `tokens[i : i + branch_length + 1]`
 for every position (shorter at the end), so a trie built from the counted members drafts like
 one that saw the answers themselves.
 """
@@ -20,11 +20,6 @@ from trie_store.tokens import as_tokens
 
 MEMBER_DTYPE = np.dtype("<u4")
 TOKEN_BYTES = MEMBER_DTYPE.itemsize
-
-
-def pack_ngram(tokens: object) -> bytes:
-    """One n-gram as a store member."""
-    return as_tokens(tokens, "ngram").astype(MEMBER_DTYPE).tobytes()
 
 
 def answer_ngrams(tokens: object, config: TrieConfig) -> Counter[bytes]:

@@ -1,4 +1,4 @@
-"""The Ray Serve application: an HTTP ingress (the FastAPI app of `pipeline.api`) composed with a
+"""The Ray Serve application: an HTTP ingress (the FastAPI app of `pipeline.service.routes`) composed with a
 Retriever and a Generator deployment through `DeploymentHandle`s.
 
 - Retriever: embeds queries in batches (`serve.batch`: concurrent requests share one encoder
@@ -24,10 +24,10 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from pipeline.api import build_api
+from pipeline.service.routes import build_api
 from pipeline.config import Config, load_config
-from pipeline.errors import BackendUnavailableError
-from pipeline.scheduler import StepScheduler
+from pipeline.service.errors import BackendUnavailableError
+from pipeline.service.scheduler import StepScheduler
 from pipeline.wire import Event, GenerationJob
 
 _DOWN = (RayActorError, ActorUnavailableError, BackPressureError, DeploymentUnavailableError)
@@ -90,7 +90,7 @@ def _reachable(part: str) -> Iterator[None]:
 
 
 class ServeBackend:
-    """`pipeline.api.Backend` over deployment handles."""
+    """`pipeline.service.routes.Backend` over deployment handles."""
 
     def __init__(self, retriever: DeploymentHandle, generator: DeploymentHandle) -> None:
         self.retriever = retriever

@@ -3,7 +3,7 @@
 Each retriever actor opens the configured index and each generator actor loads the configured
 model (`pipeline.rag.Answerer`) with its own sync of the shared n-grams (`ngrams.*`), so a
 batch answer is the answer the service gives. Finished blocks are written as they come
-(`pipeline.batch`); `--resume` skips the rows an earlier run settled. The JSON summary is the
+(`pipeline.jobs.batch`); `--resume` skips the rows an earlier run settled. The JSON summary is the
 last line printed.
 """
 
@@ -18,8 +18,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pipeline.batch import BatchOptions, Retriever, Stages, run_batch
-from pipeline.batch_io import FORMATS, read_questions, settled_ids
+from pipeline.jobs.batch import BatchOptions, Retriever, Stages, run_batch
+from pipeline.jobs.batch_io import FORMATS, read_questions, settled_ids
 from pipeline.config import Config, add_config_arguments, config_from_args
 from pipeline.wire import Answer, GenerationJob
 

@@ -17,7 +17,7 @@ once) and the replica pulls again at once: resync. Unflushed increments are held
 `max_pending` distinct n-grams: while the store is away, new n-grams past that bound are
 dropped (counted) while held ones keep counting; answers past `max_queued_answers` waiting to
 be counted are dropped (counted). What is still unflushed at `close()` after one last try is
-lost, and logged.
+lost, and logged. `stats()` gives the figures (a `SyncStats`); the service exports them.
 """
 
 from __future__ import annotations
@@ -28,16 +28,16 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from trie_store.config import TrieConfig, as_int
 from trie_store.global_trie import GlobalTrie
-from trie_store.ngram_counter import BoundedCounts, answer_ngrams
-from trie_store.popular_store import PopularStore, StoreError
-from trie_store.popular_trie import build_trie, decode_members, join
+from trie_store.sharing.members import BoundedCounts, answer_ngrams
+from trie_store.sharing.popular_trie import build_trie, decode_members, join
+from trie_store.sharing.popular_store import PopularStore, StoreError
 from trie_store.tokens import as_tokens
 
 log = logging.getLogger(__name__)
@@ -66,43 +66,35 @@ class SyncConfig:
                 raise ValueError(f"{f.name} must be a number > 0, got {value!r}")
 
 
-class SyncMetrics:
-    """Prometheus figures of one syncer, in the registry the replica exposes."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-        r, p = registry, "lookahead_rag_ngram_"
-        self.fallbacks = Counter(
-            p + "store_fallbacks",
-            "shared-store operations that failed (the replica drafted from local n-grams)",
-            registry=r,
-        )
-        self.bad_members = Counter(
-            p + "store_bad_members",
-            "store members skipped: size, vocab (token id out of vocabulary) or count",
-            ["reason"],
-            registry=r,
-        )
-        self.dropped = Counter(
-            p + "sync_dropped",
-            "increments dropped past the pending bound (ngram) or answers past the queue",
-            ["what"],
-            registry=r,
-        )
-        self.flushed = Counter(p + "store_flushed", "n-gram increments sent", registry=r)
-        self.pulls = Counter(p + "store_pulls", "pulls that brought a new top k", registry=r)
-        self.store_up = Gauge(p + "store_up", "1 when the last store operation worked", registry=r)
-        self.trie_nodes = Gauge(p + "global_trie_nodes", "nodes of the current trie", registry=r)
-
-
 @dataclass(frozen=True)
 class SyncStats:
-    store_up: bool
-    failures: int  # consecutive failed store operations
-    queued_answers: int
-    pending_ngrams: int  # distinct n-grams not yet in the store (in flight included)
-    trie_nodes: int
-    rebuild_s: float  # time of the last trie rebuild
+    """One replica's sync figures; the counts are cumulative since it started.
+
+    fallbacks: store operations that failed (the replica drafted from local n-grams).
+    bad_members: store members skipped, by reason: size, vocab (an id outside the vocabulary)
+        or count. dropped: increments dropped past the pending bound ("ngram") and answers past
+        the queue ("answer"). pending_ngrams: distinct n-grams not yet in the store.
+    """
+
+    store_up: bool = True
+    fallbacks: int = 0
+    flushed: int = 0  # n-gram increments sent
+    pulls: int = 0  # pulls that brought a new top k
+    trie_nodes: int = 0
+    pending_ngrams: int = 0
+    bad_members: Mapping[str, int] = field(default_factory=dict)
+    dropped: Mapping[str, int] = field(default_factory=dict)
+
+    def plus(self, **counts: int | Mapping[str, int]) -> SyncStats:
+        """These figures with `counts` added (a mapping adds key by key)."""
+        changes: dict[str, object] = {}
+        for name, more in counts.items():
+            now = getattr(self, name)
+            if isinstance(more, Mapping):
+                changes[name] = {k: now.get(k, 0) + more.get(k, 0) for k in {*now, *more}}
+            else:
+                changes[name] = now + more
+        return replace(self, **changes)
 
 
 class NgramSync:
@@ -114,13 +106,13 @@ class NgramSync:
         vocab_size: int,
         trie_config: TrieConfig | None = None,
         config: SyncConfig | None = None,
-        registry: CollectorRegistry | None = None,
     ) -> None:
         self.store = store
         self.vocab_size = as_int(vocab_size, "vocab_size", minimum=1)
         self.trie_config = trie_config or TrieConfig()
         self.config = config or SyncConfig()
-        self.metrics = SyncMetrics(registry or CollectorRegistry())
+        self._stats = SyncStats()
+        self._stats_lock = threading.Lock()  # the request path counts dropped answers too
         self._answers: deque[np.ndarray] = deque()
         self._answers_lock = threading.Lock()
         self._pending = BoundedCounts(self.config.max_pending)  # not yet sent
@@ -130,7 +122,6 @@ class NgramSync:
         self._seen_version: str | None = None
         self._dirty = False
         self._trie = GlobalTrie(self.trie_config)
-        self._rebuild_s = 0.0
         self._failures = 0
         self._resync = False
         now = time.monotonic()
@@ -138,7 +129,6 @@ class NgramSync:
         self._cycle_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.metrics.store_up.set(1)
 
     def global_trie(self) -> GlobalTrie:
         """The current trie: read only, and never changed once handed out."""
@@ -151,7 +141,7 @@ class NgramSync:
             raise ValueError(f"answer_tokens hold an id >= vocab_size {self.vocab_size}")
         with self._answers_lock:
             if len(self._answers) >= self.config.max_queued_answers:
-                self.metrics.dropped.labels("answer").inc()
+                self._count(dropped={"answer": 1})
                 return
             self._answers.append(tokens)
 
@@ -179,7 +169,7 @@ class NgramSync:
             try:
                 self._flush()
             except StoreError as err:
-                self.metrics.fallbacks.inc()
+                self._count(fallbacks=1)
                 log.warning("closing with %d n-grams unflushed: %s", self._unflushed(), err)
         self.store.close()
 
@@ -190,14 +180,18 @@ class NgramSync:
         self.close()
 
     def stats(self) -> SyncStats:
-        return SyncStats(
-            store_up=self._failures == 0,
-            failures=self._failures,
-            queued_answers=len(self._answers),
-            pending_ngrams=self._unflushed(),
-            trie_nodes=len(self._trie),
-            rebuild_s=self._rebuild_s,
-        )
+        """The figures as of now."""
+        with self._stats_lock:
+            stats = self._stats
+        return replace(stats, trie_nodes=len(self._trie), pending_ngrams=self._unflushed())
+
+    def _count(self, **counts: int | Mapping[str, int]) -> None:
+        with self._stats_lock:
+            self._stats = self._stats.plus(**counts)
+
+    def _set_store_up(self, up: bool) -> None:
+        with self._stats_lock:
+            self._stats = replace(self._stats, store_up=up)
 
     def _unflushed(self) -> int:
         return len(self._pending) + (len(self._inflight[1]) if self._inflight else 0)
@@ -245,7 +239,7 @@ class NgramSync:
             self._pending.add(counts)
             self._unpulled.add(counts)
             if self._pending.dropped > dropped:
-                self.metrics.dropped.labels("ngram").inc(self._pending.dropped - dropped)
+                self._count(dropped={"ngram": self._pending.dropped - dropped})
             self._dirty = True
 
     def _flush(self) -> None:
@@ -258,7 +252,7 @@ class NgramSync:
             batch_id, batch = self._inflight
             self.store.add(batch, batch_id)
             self._inflight = None
-            self.metrics.flushed.inc(len(batch))
+            self._count(flushed=len(batch))
 
     def _pull(self) -> None:
         top = self.store.top(
@@ -267,32 +261,27 @@ class NgramSync:
         if top is None:
             return
         pulled = decode_members(top.members, top.counts, self.trie_config, self.vocab_size)
-        if top.skipped:
-            self.metrics.bad_members.labels("size").inc(top.skipped)
-        for reason, n in pulled.bad.items():
-            self.metrics.bad_members.labels(reason).inc(n)
+        bad = {**pulled.bad, "size": pulled.bad.get("size", 0) + top.skipped}
+        self._count(bad_members={reason: n for reason, n in bad.items() if n})
         self._pulled, self._seen_version = pulled, top.version
         self._unpulled.clear()  # what the store holds is in the pull now; the rest is not
         self._unpulled.add(self._pending.copy())
         if self._inflight is not None:
             self._unpulled.add(self._inflight[1])
         self._dirty = True
-        self.metrics.pulls.inc()
+        self._count(pulls=1)
 
     def _rebuild(self) -> None:
-        start = time.perf_counter()
         own = self._unpulled.copy()
         local = decode_members(list(own), list(own.values()), self.trie_config, self.vocab_size)
         self._trie = build_trie(join(self._pulled, local), self.trie_config)
         self._dirty = False
-        self._rebuild_s = time.perf_counter() - start
-        self.metrics.trie_nodes.set(len(self._trie))
 
     def _store_answered(self) -> None:
         if self._failures:
             log.info("shared n-gram store is back after %d failures: resynced", self._failures)
         self._failures, self._resync = 0, False
-        self.metrics.store_up.set(1)
+        self._set_store_up(True)
 
     def _store_failed(self, err: StoreError, now: float) -> None:
         if not self._failures:
@@ -302,5 +291,5 @@ class NgramSync:
         doubling = 2.0 ** min(self._failures - 1, 60)
         delay = min(self.config.retry_max_s, self.config.retry_base_s * doubling)
         self._retry_at = now + delay * random.uniform(0.5, 1.0)
-        self.metrics.fallbacks.inc()
-        self.metrics.store_up.set(0)
+        self._count(fallbacks=1)
+        self._set_store_up(False)

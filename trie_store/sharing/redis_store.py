@@ -25,8 +25,8 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from trie_store.ngram_counter import TOKEN_BYTES
-from trie_store.popular_store import (
+from trie_store.sharing.members import TOKEN_BYTES
+from trie_store.sharing.popular_store import (
     RESCALE_AT,
     StoreError,
     StorePolicy,

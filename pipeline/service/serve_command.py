@@ -26,7 +26,7 @@ def deploy(config: Config) -> str:
     """Deploy the app on the running Serve instance; the base URL it answers on."""
     from ray import serve
 
-    from pipeline.app import build_app
+    from pipeline.service.app import build_app
     from pipeline.ray_runtime import http_url
 
     serve.run(build_app(config), name=config.server.app_name, route_prefix="/")

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from pipeline.schemas import error_body
+from pipeline.service.schemas import error_body
 from pipeline.wire import ContextTooLongError
 
 

@@ -1,5 +1,5 @@
-"""Where replicas pool their popular n-grams: the store interface, its policies, the in-process
-store, and `store_from_url` (Redis when a URL is configured, the in-process store otherwise).
+"""Where replicas pool their popular n-grams: the store interface, its policies, and the
+in-process store (`redis_store` is the shared one; `connect.store_from_url` picks).
 
 Policies, the same in every store:
 - Members are packed n-grams (`ngram_counter`), scored by decayed count, one scored set per
@@ -33,7 +33,7 @@ from typing import Protocol
 import numpy as np
 
 from trie_store.config import as_int
-from trie_store.ngram_counter import TOKEN_BYTES
+from trie_store.sharing.members import TOKEN_BYTES
 
 RESCALE_AT = 2.0**32
 
@@ -165,16 +165,3 @@ class InProcessStore:
             self._scores = {m: s / factor for m, s in self._scores.items()}
             self._epoch, factor = now, 1.0
         return factor
-
-
-def store_from_url(
-    url: str | None, namespace: str, policy: StorePolicy | None = None, **client_options: object
-) -> PopularStore:
-    """The Redis store at `url` (redis://, rediss:// for TLS, unix://; a password goes in the
-    URL), or with no URL the in-process store. `client_options` tune the Redis client
-    (`redis_store.redis_client`)."""
-    if url is None:
-        return InProcessStore(namespace, policy)
-    from trie_store.redis_store import RedisStore, redis_client
-
-    return RedisStore(redis_client(url, **client_options), namespace, policy)  # type: ignore[arg-type]

@@ -50,7 +50,7 @@ from trie_store import (
     model_namespace,
     store_from_url,
 )
-from trie_store.local_redis import LocalRedis
+from benchmarks.local_redis import LocalRedis
 
 MODES = ("plain", "off", "local", "shared")
 PARAPHRASES = (

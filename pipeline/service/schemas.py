@@ -2,7 +2,7 @@
 
 Requests are strict (a string is never coerced into a number) and check their own shape; the
 limits that come from the config (`max_tokens`, `top_k`, input size) are checked by
-`pipeline.api`, which knows the config. The OpenAI models ignore fields they do not know, as
+`pipeline.service.routes`, which knows the config. The OpenAI models ignore fields they do not know, as
 OpenAI clients send many optional ones; `/v1/rag` is ours and refuses unknown fields.
 """
 

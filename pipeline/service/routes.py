@@ -1,7 +1,7 @@
 """The HTTP API: `/v1/rag`, the OpenAI-compatible `/v1/chat/completions` and `/v1/completions`
 (JSON or server-sent events), `/v1/models`, `/healthz` and `/metrics`, over any `Backend`.
 
-The Serve ingress builds it over deployment handles (`pipeline.app`); the HTTP layer's own tests
+The Serve ingress builds it over deployment handles (`pipeline.service.app`); the HTTP layer's own tests
 build it over a stand-in. A generating request first waits for the Generator's `Started` event,
 so a request that cannot run (too long, backend down) gets its proper status code before any
 byte of a stream is sent.
@@ -24,9 +24,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.config import Config
-from pipeline.errors import ApiError, install_error_handlers, to_api_error
-from pipeline.metrics import CONTENT_TYPE, Metrics, Trace
-from pipeline.schemas import (
+from pipeline.service.errors import ApiError, install_error_handlers, to_api_error
+from pipeline.service.metrics import CONTENT_TYPE, Metrics, Trace
+from pipeline.service.schemas import (
     ChatChoice,
     ChatChoiceMessage,
     ChatCompletion,

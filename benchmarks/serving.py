@@ -27,6 +27,7 @@ import numpy as np
 
 from pipeline.ask import sse_payloads
 from pipeline.config import add_config_arguments, config_from_args
+from pipeline.ports import free_port
 from pipeline.questions import QUESTIONS
 from pipeline.resources import ensure_index
 from pipeline.wire import Delta
@@ -45,14 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline import ray_runtime
     from pipeline.rag import RagPipeline
-    from pipeline.server import deploy
+    from pipeline.service.serve_command import deploy
 
     levels = [int(c) for c in args.concurrency.split(",")]
     if args.requests < 1 or not levels or min(levels) < 1:
         raise SystemExit("--requests and every --concurrency level must be >= 1")
     config = config_from_args(
         args,
-        server__port=args.port or ray_runtime.free_port(),
+        server__port=args.port or free_port(),
         generation__max_tokens=args.max_tokens or BENCH_MAX_TOKENS,
         ngrams__enabled=False,
     )

@@ -1,6 +1,6 @@
 """`lookahead-rag index`: build an index directory from a corpus, or add a corpus's new
 documents to an existing one; with `--distributed`, the passages are embedded by a pool of Ray
-actors (`pipeline.distributed_embedding`) and everything else is done as in a local build.
+actors (`pipeline.jobs.distributed_embedding`) and everything else is done as in a local build.
 
 The command lives in `pipeline` because the distributed build needs Ray; retrieval itself knows
 nothing of Ray."""
@@ -130,7 +130,7 @@ def _distributed(args: argparse.Namespace, embedder: str) -> EmbedPassages | Non
     joined, on its first call, and is left when it returns); else None (embed here)."""
     if not args.distributed:
         return None
-    from pipeline.distributed_embedding import EmbedOptions, embed_on_ray
+    from pipeline.jobs.distributed_embedding import EmbedOptions, embed_on_ray
 
     options = EmbedOptions(
         embedder=embedder,

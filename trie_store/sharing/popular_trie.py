@@ -6,8 +6,8 @@ checked before use: its size (whole uint32 tokens, 1..branch_length + 1 of them)
 by reason; it never fails the build. The trie is built depth by depth with numpy (one `unique`
 per depth) and loaded through `GlobalTrie.from_arrays`, which checks the tree once more. A pull
 rebuilds the trie in the background of a serving replica, so it must stay cheap: 0.22 s for
-20k answer windows (200k nodes) here, against 0.58 s for `GlobalTrie.from_ngrams`; most of what
-is left is the trie's own index.
+20k answer windows (200k nodes) here, against 0.58 s for inserting them path by path; most of
+what is left is the trie's own index.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from trie_store.config import TrieConfig, as_int
 from trie_store.global_trie import ROOT_TOKEN, GlobalTrie
-from trie_store.ngram_counter import MEMBER_DTYPE, TOKEN_BYTES
+from trie_store.sharing.members import MEMBER_DTYPE, TOKEN_BYTES
 
 TOKEN_MASK = (1 << 32) - 1
 
@@ -85,10 +85,10 @@ def join(first: Ngrams, second: Ngrams) -> Ngrams:
 
 
 def build_trie(ngrams: Ngrams, config: TrieConfig) -> GlobalTrie:
-    """The trie `GlobalTrie.from_ngrams` would build from these n-grams and counts, in row
-    order (repeated n-grams add up; on equal counts later rows win, as newer inserts do). Node
-    ids go depth by depth, so every parent comes before its children, and within a depth by
-    first appearance, so siblings rank exactly as in `from_ngrams`."""
+    """The trie of these n-grams: every n-gram adds its count to each node on its path, so
+    repeated n-grams add up and a node counts its whole subtree. Node ids go depth by depth, so
+    every parent comes before its children, and within a depth by first appearance, so on equal
+    counts the later row's node ranks first (newer n-grams win ties)."""
     tokens, parents, counts = [np.array([ROOT_TOKEN])], [np.array([-1])], [np.zeros(1)]
     node_of_row = np.zeros(len(ngrams.lengths), dtype=np.int64)  # the row's node so far
     next_id = 1
@@ -98,7 +98,7 @@ def build_trie(ngrams: Ngrams, config: TrieConfig) -> GlobalTrie:
             break
         keys = node_of_row[rows] << 32 | ngrams.tokens[rows, depth]
         unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        order = np.argsort(first)  # number nodes by first appearance, as inserts would
+        order = np.argsort(first)  # number nodes by first appearance
         rank = np.empty_like(order)
         rank[order] = np.arange(order.size)
         tokens.append(unique[order] & TOKEN_MASK)
