@@ -1,4 +1,5 @@
-"""`lookahead-rag bench-trie`: seed, draft and memory figures of the trie store (BENCH.md).
+"""`lookahead-rag bench-trie`: seed, draft and memory figures of the trie store
+(docs/benchmarks.md).
 
 Token data: Python's own standard library source, split into words and punctuation and mapped
 to ids in order of first appearance. Code repeats itself the way RAG answers repeat their
@@ -7,28 +8,36 @@ request is 4096 tokens of passages and prompt; the "answer" alternates spans cop
 passages with unseen text, and is decoded token by token: draft, then observe the next token.
 Draft quality is a proxy: the tokens a greedy verifier would accept if the model's output were
 that answer, next to what the draft's scores promised (`expected`).
+
+The global trie is read-only: a replica rebuilds it from counted answer windows, as its
+`NgramSync` does (`answer_ngrams` counts, the store's top k members, `decode_members`,
+`build_trie`). So "global insert" times what learning one more answer costs a replica: count
+its windows, then rebuild the trie from the top `--budget` members of everything counted.
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import os
 import re
 import sysconfig
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 
-from trie_store.config import TrieConfig
-from trie_store.draft import Draft
-from trie_store.drafter import RequestDrafter
-from trie_store.global_trie import GlobalTrie
+from trie_store import Draft, GlobalTrie, RequestDrafter, TrieConfig
+from trie_store.sharing import SyncConfig
+from trie_store.sharing.members import answer_ngrams
+from trie_store.sharing.popular_trie import build_trie, decode_members
 
 WORD = re.compile(r"\w+|[^\w\s]")
 T = TypeVar("T")
@@ -38,7 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=200, help="seeds timed (default 200)")
     parser.add_argument("--steps", type=int, default=2000, help="decode steps timed per D")
     parser.add_argument("--seed-tokens", type=int, default=4096, help="request size in tokens")
-    parser.add_argument("--budget", type=int, default=50_000, help="global trie node budget")
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=SyncConfig.top_k,
+        help="global trie size: the store's top k members it is built from (SyncConfig.top_k)",
+    )
     parser.add_argument("--branch-length", type=int, default=TrieConfig.branch_length)
     parser.add_argument("--max-context", type=int, default=TrieConfig.max_context)
     parser.add_argument("--prior", type=float, default=TrieConfig.prior)
@@ -149,12 +163,22 @@ def traced_bytes(build: Callable[[], object]) -> tuple[object, int]:
         tracemalloc.stop()
 
 
-def filled_global_trie(config: TrieConfig, budget: int, data: np.ndarray) -> GlobalTrie:
-    """A global trie fed past its budget, so eviction has run."""
-    trie = GlobalTrie(config, max_nodes=budget)
-    for chunk in np.array_split(data, max(1, len(data) // 512)):
-        trie.insert(chunk)
-    return trie
+def answer_counts(answers: Iterable[np.ndarray], config: TrieConfig) -> Counter[bytes]:
+    """How often each window of the answers occurs, by store member."""
+    counts: Counter[bytes] = Counter()
+    for answer in answers:
+        counts.update(answer_ngrams(answer, config))
+    return counts
+
+
+def global_trie(
+    counts: Mapping[bytes, float], config: TrieConfig, top_k: int, vocab_size: int
+) -> GlobalTrie:
+    """The trie a replica drafts from after a pull: the `top_k` most counted members (ranked
+    as the store ranks them), decoded and built as `NgramSync._rebuild` does."""
+    top = heapq.nlargest(top_k, counts.items(), key=itemgetter(1))
+    ngrams = decode_members([m for m, _ in top], [c for _, c in top], config, vocab_size)
+    return build_trie(ngrams, config)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -184,18 +208,25 @@ def run(args: argparse.Namespace) -> int:
     figures["observe_us"] = passes["D=16"].observe.summary()
     rows.append(("observe 1 token", "", "us", figures["observe_us"]))
 
-    shared = GlobalTrie(config, max_nodes=args.budget)
+    vocab_size = int(data.max()) + 1
     chunks = np.array_split(unseen, 8)
+    learnt: Counter[bytes] = Counter()
+
+    def learn(chunk: np.ndarray) -> GlobalTrie:
+        learnt.update(answer_ngrams(chunk, config))
+        return global_trie(learnt, config, args.budget, vocab_size)
+
     inserts = Samples(1e6)
     for chunk in chunks:
-        inserts.time(lambda chunk=chunk: shared.insert(chunk))
+        shared = inserts.time(lambda chunk=chunk: learn(chunk))
     figures["global_insert_ms"] = inserts.summary()
     rows.append(("global insert", f"{len(chunks[0])} tokens", "ms", figures["global_insert_ms"]))
     passes["D=16 + global"] = both = decode(seeded(shared), prompt, answer, 16)
     figures["draft_16_global_us"] = both.draft.summary()
     rows.append(("draft (request + global)", "D=16", "us", figures["draft_16_global_us"]))
 
-    full, used = traced_bytes(lambda: filled_global_trie(config, args.budget, data))
+    everything = answer_counts(np.array_split(data, max(1, len(data) // 512)), config)
+    full, used = traced_bytes(lambda: global_trie(everything, config, args.budget, vocab_size))
     figures["bytes_per_node"] = round(used / len(full), 1)
     _, used = traced_bytes(seeded)
     figures["request_bytes_per_token"] = round(used / n, 1)
@@ -222,8 +253,9 @@ def run(args: argparse.Namespace) -> int:
             f"{np.mean(one.accepted):>10.3f}{np.mean(one.expected):>10.3f}"
         )
     print(
-        f"\nglobal trie: {len(full)} nodes (budget {args.budget}), {figures['bytes_per_node']} "
-        f"bytes/node; request trie: {figures['request_bytes_per_token']} bytes/token"
+        f"\nglobal trie: {len(full)} nodes (budget {args.budget} members), "
+        f"{figures['bytes_per_node']} bytes/node; "
+        f"request trie: {figures['request_bytes_per_token']} bytes/token"
     )
     print(json.dumps(figures))
     return 0

@@ -42,15 +42,10 @@ import numpy as np
 import redis
 import torch
 
-from generation import DEFAULT_MODEL, LookaheadConfig, LookaheadGenerator, load_model
-from trie_store import (
-    NgramSync,
-    RequestDrafter,
-    SyncConfig,
-    model_namespace,
-    store_from_url,
-)
 from benchmarks.local_redis import LocalRedis
+from generation import DEFAULT_MODEL, LookaheadConfig, LookaheadGenerator, load_model
+from trie_store import RequestDrafter
+from trie_store.sharing import NgramSync, SyncConfig, model_namespace, store_from_url
 
 MODES = ("plain", "off", "local", "shared")
 PARAPHRASES = (

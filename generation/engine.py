@@ -17,8 +17,8 @@ import numpy as np
 
 from generation.budget import choose_draft_size
 from generation.decode import Chunk, DecodeStats, DraftPolicy, decode
-from generation.detokenize import IncrementalDetokenizer
 from generation.defaults import DEFAULT_MODEL, MAX_DRAFT_SIZE
+from generation.detokenize import IncrementalDetokenizer
 from generation.models import LoadedModel, load_model
 from generation.sampling import SamplingParams
 from generation.step_cost import StepCostCurve, load_or_measure
@@ -226,4 +226,3 @@ def context_window(config) -> int | None:
 def default_drafter(prompt: np.ndarray) -> Drafter:
     """A request trie seeded from the prompt alone."""
     return RequestDrafter(prompt)
-

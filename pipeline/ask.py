@@ -13,8 +13,9 @@ from typing import TextIO
 
 import httpx
 
-from pipeline.service.routes import RagRenderer, payloads
 from pipeline.config import add_config_arguments, config_from_args
+from pipeline.planning import JobRequest, PlanError, plan_job
+from pipeline.service.rendering import RagRenderer, payloads
 from pipeline.wire import Answer
 
 
@@ -42,6 +43,11 @@ def run(args: argparse.Namespace) -> int:
     if args.url:
         return _ask_service(args, options)
     config = config_from_args(args)
+    try:  # before anything loads: a bad question costs nothing
+        plan_job(JobRequest.question(args.question, **options), config)
+    except PlanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     from pipeline.rag import RagPipeline
     from pipeline.resources import ensure_index
 

@@ -14,17 +14,18 @@ from collections.abc import Sequence
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pipeline.demo", "set up and run the main job on the embedded defaults"),
-    "serve": ("pipeline.service.serve_command", "run the RAG service (Ray Serve, HTTP API) until interrupted"),
+    "serve": ("pipeline.service.serve_command", "run the RAG service (Ray Serve, HTTP API)"),
     "ask": ("pipeline.ask", "answer one question, in-process or from a running service"),
-    "bench-serve": ("benchmarks.serving", "serving benchmark: HTTP overhead, load, lookahead"),
-    "bench-trie": ("benchmarks.trie_speed", "micro-benchmark of the n-gram trie (BENCH.md)"),
-    "bench-warm": ("benchmarks.warm_service", "warm service: shared popular n-grams off/local/shared"),
     "batch": ("pipeline.jobs.batch_command", "answer a file of questions on Ray Data, resumably"),
     "index": ("pipeline.jobs.index_command", "build or extend a FAISS index from a corpus"),
     "search": ("retrieval.search_command", "top-k passages of an index for questions"),
-    "bench-retrieval": ("benchmarks.retrieval_speed", "embedding, index build and search latencies"),
-    "bench-steps": ("benchmarks.step_costs", "step-cost curve t(q) of verify passes (BENCH.md)"),
-    "bench": ("benchmarks.generation_speed", "greedy vs prompt lookup vs lookahead speed (BENCH.md)"),
+    # benchmarks (docs/benchmarks.md), each ending with one JSON line
+    "bench": ("benchmarks.generation_speed", "greedy vs prompt lookup vs lookahead speed"),
+    "bench-steps": ("benchmarks.step_costs", "step-cost curve t(q) of verify passes"),
+    "bench-trie": ("benchmarks.trie_speed", "micro-benchmark of the n-gram drafting"),
+    "bench-retrieval": ("benchmarks.retrieval_speed", "embedding, index build, search latencies"),
+    "bench-serve": ("benchmarks.serving", "serving benchmark: HTTP overhead, load, lookahead"),
+    "bench-warm": ("benchmarks.warm_service", "warm service: shared n-grams off/local/shared"),
 }
 
 

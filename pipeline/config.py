@@ -16,8 +16,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from generation.defaults import DEFAULT_MODEL, DTYPE_NAMES, MAX_DRAFT_SIZE
 from trie_store.sharing.sync import SyncConfig
@@ -107,18 +114,7 @@ class ServerSection(_Section):
     ray_num_cpus: int | None = Field(None, ge=1)  # local Ray only; None: every core
 
 
-class Config(BaseSettings):
-    """Every setting. Constructed directly, it reads the environment too (over the arguments);
-    `load_config` adds the file below the environment and the flags above it."""
-
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
-        env_parse_none_str="null",
-        extra="forbid",
-        frozen=True,
-    )
-
+class Config(_Section):
     model: ModelSection = ModelSection()
     retrieval: RetrievalSection = RetrievalSection()
     generation: GenerationSection = GenerationSection()
@@ -141,17 +137,14 @@ class Config(BaseSettings):
             )
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """The environment first: what the constructor gets is the config file's contents."""
-        return env_settings, init_settings
+
+class _Environment(Config, BaseSettings):
+    """The environment layer: pydantic-settings reads `LOOKAHEAD_RAG__SECTION__KEY` into the
+    sections (JSON for dict values, "null" for None); `load_config` merges it over the file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", env_parse_none_str="null"
+    )
 
 
 class ConfigError(ValueError):
@@ -167,16 +160,13 @@ def load_config(
     _check_environment(os.environ)
     where = f" in {path}" if path is not None else ""
     try:
-        config = Config(**data)
-        flagged = {k: v for k, v in (overrides or {}).items() if v is not None}
-        if flagged:
-            values = config.model_dump()
-            for dotted, value in flagged.items():
-                _set_dotted(values, dotted, value, source=dotted)
-            config = Config.model_validate(values)  # validation alone: no second env read
+        data = _overlay(data, EnvSettingsSource(_Environment)(), Config)
+        for dotted, value in (overrides or {}).items():
+            if value is not None:
+                _set_dotted(data, dotted, value, source=dotted)
+        return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration{where}:\n{exc}") from None
-    return config
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -224,6 +214,23 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any, source: str) -> N
     node[leaf] = value
 
 
+def _overlay(base: dict[str, Any], top: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """`base` with `top`'s values over it, merging into sections and replacing other values."""
+    out = dict(base)
+    for key, value in top.items():
+        field = model.model_fields.get(key)
+        section = field is not None and _is_section(field.annotation)
+        if section and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _overlay(out[key], value, field.annotation)
+        else:
+            out[key] = value
+    return out
+
+
+def _is_section(annotation: object) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
 def _check_environment(environ: Mapping[str, str]) -> None:
     """pydantic-settings skips variables that name no setting; a typo must not pass silently."""
     for name in environ:
@@ -234,7 +241,6 @@ def _check_environment(environ: Mapping[str, str]) -> None:
             field = model.model_fields.get(part)
             if field is None:
                 raise ConfigError(f"{name}: {part!r} is not a setting of {model.__name__}")
-            annotation = field.annotation
-            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            if not _is_section(field.annotation):
                 break
-            model = annotation
+            model = field.annotation

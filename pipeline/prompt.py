@@ -30,7 +30,7 @@ class PassageLike(Protocol):
 
 
 @dataclass(frozen=True)
-class Prompt:
+class BuiltPrompt:
     token_ids: list[int]
     passages: list[PassageLike]  # those in the prompt, best first (the last one may be cut)
     cut_last: bool  # the last passage was shortened to fit
@@ -69,7 +69,7 @@ def build_prompt(
     render: Render,
     passages: Sequence[PassageLike],
     budget: int,
-) -> Prompt:
+) -> BuiltPrompt:
     """The longest best-first run of `passages` whose prompt is at most `budget` tokens."""
 
     def encode(text: str) -> list[int]:
@@ -92,9 +92,9 @@ def build_prompt(
             continue
         cut = _cut_to_fit(encode, render, chosen, texts, passage, budget, len(candidate) - budget)
         if cut is not None:
-            return Prompt(cut, [*chosen, passage], cut_last=True)
+            return BuiltPrompt(cut, [*chosen, passage], cut_last=True)
         break
-    return Prompt(ids, chosen, cut_last=False)
+    return BuiltPrompt(ids, chosen, cut_last=False)
 
 
 def _cut_to_fit(

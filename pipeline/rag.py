@@ -1,188 +1,16 @@
-"""The RAG core, without Ray: question -> top-k passages -> prompt within the context budget ->
-request trie seeded from the passages and the prompt -> lookahead decoding -> answer, sources and
-decoding stats.
-
-`Answerer` is the Generator's half (it holds the model); `RagPipeline` adds retrieval for
-in-process use (`lookahead-rag ask`, benchmarks, tests). The Serve app runs the same two halves
-in separate deployments.
-"""
+"""The RAG core in one process: plan -> retrieve from the index -> answer. What `lookahead-rag
+ask`, benchmarks and tests use; the Serve app runs the same halves in separate deployments."""
 
 from __future__ import annotations
 
-import os
-import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
-import torch
-
-from generation import (
-    Chunk,
-    DecodeStats,
-    LoadedModel,
-    LookaheadConfig,
-    LookaheadGenerator,
-    SamplingParams,
-    load_model,
-)
-from pipeline.config import Config, GenerationSection, ModelSection, NgramsSection
-from pipeline.prompt import build_prompt, chat_render, completion_render
+from pipeline.answerer import Answerer
+from pipeline.config import Config
+from pipeline.planning import JobRequest, plan_job
 from pipeline.resources import open_index
-from pipeline.wire import (
-    Answer,
-    DecodeSummary,
-    Delta,
-    Event,
-    Finished,
-    GenerationJob,
-    ReplicaMetrics,
-    SourceRef,
-    Started,
-)
-from trie_store import NgramSync, RequestDrafter, SyncConfig, model_namespace, store_from_url
-
-
-def source_ref(passage: Any) -> SourceRef:
-    return SourceRef(
-        id=str(passage.id),
-        title=passage.title,
-        source=passage.source,
-        score=float(passage.score or 0.0),
-    )
-
-
-def summarize(stats: DecodeStats, lookahead: bool) -> DecodeSummary:
-    return DecodeSummary(
-        steps=stats.steps,
-        draft_tokens=int(sum(stats.draft_sizes)),
-        accepted_tokens=int(sum(stats.accepted)),
-        decode_seconds=stats.prefill_s + stats.draft_s + stats.forward_s + stats.accept_s,
-        lookahead=lookahead,
-    )
-
-
-def shared_ngrams(generator: LookaheadGenerator, section: NgramsSection) -> NgramSync:
-    """The replica's popular n-grams, syncing in the background, keyed by model and tokenizer."""
-    lm = generator.lm
-    namespace = model_namespace(lm.name, generator.vocab_size, lm.tokenizer.get_vocab())
-    url = section.redis_url.get_secret_value() if section.redis_url else None
-    timing = SyncConfig(
-        flush_interval_s=section.flush_interval_s, pull_interval_s=section.pull_interval_s
-    )
-    return NgramSync(store_from_url(url, namespace), generator.vocab_size, config=timing).start()
-
-
-def use_torch_threads(model: ModelSection) -> None:
-    """Give torch (and the oneDNN kernels under it) every core, on the calling thread.
-
-    Ray starts an actor with OMP_NUM_THREADS = its reserved CPUs (often 1), and OpenMP keeps the
-    thread count per thread: a new thread starts from that variable, whatever another thread set.
-    Call this on the thread that runs the model.
-    """
-    torch.set_num_threads(model.torch_threads or len(os.sched_getaffinity(0)))
-
-
-class Answerer:
-    """Builds the prompt, seeds the request trie and decodes: the Generator's whole job.
-
-    ngrams: the replica's shared popular n-grams. A request also drafts from the global trie
-    that is current when it starts; its finished answer is recorded for the others.
-    """
-
-    def __init__(
-        self,
-        generator: LookaheadGenerator,
-        settings: GenerationSection,
-        ngrams: NgramSync | None = None,
-    ) -> None:
-        self.generator = generator
-        self.settings = settings
-        self.tokenizer = generator.lm.tokenizer
-        self.ngrams = ngrams
-        self.name = f"{socket.gethostname()}:{os.getpid()}"  # the replica, in its metrics
-
-    @classmethod
-    def from_model(
-        cls, lm: LoadedModel, settings: GenerationSection, ngrams: NgramsSection | None = None
-    ) -> Answerer:
-        defaults = LookaheadConfig(
-            draft_size=settings.draft_size, max_draft_size=settings.max_draft
-        )
-        generator = LookaheadGenerator(lm, defaults)
-        shared = shared_ngrams(generator, ngrams) if ngrams and ngrams.enabled else None
-        return cls(generator, settings, shared)
-
-    @classmethod
-    def load(
-        cls, model: ModelSection, settings: GenerationSection, ngrams: NgramsSection | None = None
-    ) -> Answerer:
-        use_torch_threads(model)
-        device = model.device
-        if device == "auto":  # a Generator given num_gpus sees its GPU; elsewhere, the CPU
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        lm = load_model(model.name, dtype=model.dtype, device=device)
-        return cls.from_model(lm, settings, ngrams)
-
-    def close(self) -> None:
-        """Stop syncing n-grams (one last flush)."""
-        if self.ngrams is not None:
-            self.ngrams.close()
-
-    def budget(self, max_tokens: int) -> int:
-        """Prompt tokens allowed: the configured budget, and never past the model's window."""
-        window = self.generator.context_window
-        budget = self.settings.max_prompt_tokens
-        return budget if window is None else min(budget, window - max_tokens)
-
-    def stream(self, job: GenerationJob) -> Iterator[Event]:
-        """`Started` as soon as the prompt is built, a `Delta` per decoding step, `Finished`."""
-        if job.prompt is not None:
-            render = completion_render(job.prompt)
-        else:
-            render = chat_render(self.tokenizer, job.messages)
-        prompt = build_prompt(
-            self.tokenizer, render, job.passages[: job.top_k], self.budget(job.max_tokens)
-        )
-        config = LookaheadConfig(
-            max_new_tokens=job.max_tokens,
-            stop=job.stop,
-            draft_size=self.settings.draft_size if job.lookahead else 0,
-            max_draft_size=self.settings.max_draft,
-            sampling=SamplingParams(
-                temperature=job.temperature,
-                top_p=job.top_p,
-                repetition_penalty=job.repetition_penalty,
-                seed=job.seed,
-            ),
-        )
-        yield Started(len(prompt.token_ids), tuple(source_ref(p) for p in prompt.passages))
-        # Retrieved passages that did not make it into the prompt still seed the trie: the
-        # answer often quotes them. Those in the prompt are seeded through the prompt itself.
-        extra = [self._encode(p.text) for p in job.passages[len(prompt.passages) :]]
-        shared = self.ngrams.global_trie() if self.ngrams is not None else None
-        drafter = RequestDrafter(prompt.token_ids, extra, global_trie=shared)
-        answer: list[int] = []
-        for chunk in self.generator.stream(prompt.token_ids, config, drafter):
-            answer += chunk.token_ids
-            yield Delta(chunk.text, len(chunk.token_ids))
-            if chunk.finish_reason is not None:
-                if self.ngrams is not None:
-                    self.ngrams.record(answer)
-                yield _finished(chunk, job.lookahead, self._metrics())
-
-    def _metrics(self) -> ReplicaMetrics | None:
-        if self.ngrams is None:
-            return None
-        return ReplicaMetrics(self.name, tuple(self.ngrams.metrics.registry.collect()))
-
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-
-def _finished(last: Chunk, lookahead: bool, replica: ReplicaMetrics | None) -> Finished:
-    # OpenAI's vocabulary: the model's own end and a stop string are both "stop".
-    reason = "length" if last.finish_reason == "length" else "stop"
-    return Finished(reason, last.stats.tokens, summarize(last.stats, lookahead), replica)
+from pipeline.wire import Answer, Event, GenerationJob
 
 
 class RagPipeline:
@@ -198,38 +26,12 @@ class RagPipeline:
         index = open_index(config)
         return cls(index, Answerer.load(config.model, config.generation, config.ngrams), config)
 
-    def job(
-        self,
-        question: str,
-        *,
-        top_k: int | None = None,
-        max_tokens: int | None = None,
-        stop: Sequence[str] = (),
-        lookahead: bool = True,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        repetition_penalty: float = 1.0,
-        seed: int | None = None,
-    ) -> GenerationJob:
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError(f"question must be a non-empty string, got {question!r}")
-        retrieval = self.config.retrieval
-        top_k = retrieval.top_k if top_k is None else top_k
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        passages = self.index.search(question, max(top_k, retrieval.seed_k))
-        return GenerationJob(
-            messages=({"role": "user", "content": question},),
-            passages=tuple(passages),
-            top_k=top_k,
-            max_tokens=self.config.generation.max_tokens if max_tokens is None else max_tokens,
-            stop=tuple(stop),
-            lookahead=lookahead,
-            temperature=temperature,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            seed=seed,
-        )
+    def job(self, question: str, **options: Any) -> GenerationJob:
+        """The planned job for `question` with its passages; `options` are `JobRequest`'s
+        (top_k, max_tokens, stop, lookahead, temperature, ...). Raises `PlanError`."""
+        plan = plan_job(JobRequest.question(question, **options), self.config)
+        passages = self.index.search(plan.query, plan.retrieve_k) if plan.retrieve_k else ()
+        return plan.job(passages)
 
     def stream(self, question: str, **options: Any) -> Iterator[Event]:
         return self.answerer.stream(self.job(question, **options))

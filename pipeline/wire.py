@@ -2,14 +2,17 @@
 `Delta`s, then `Finished` back.
 
 The same types flow in-process (`RagPipeline.stream`) and across Ray, so they are small frozen
-dataclasses that pickle cheaply, in a module that imports neither torch nor Ray.
+dataclasses that pickle cheaply, in a module that imports neither torch nor Ray. The HTTP
+schemas use `SourceRef` and `AnswerStats` as they are.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
+
+from trie_store.sharing.sync import SyncStats
 
 
 class ContextTooLongError(ValueError):
@@ -59,35 +62,35 @@ class Delta:
 
 
 @dataclass(frozen=True)
-class DecodeSummary:
+class AnswerStats:
+    """How an answer was decoded: the one summary type the HTTP schemas, the batch records and
+    the metrics all use. Steps are forward passes; each yields 1 + accepted tokens."""
+
     steps: int
+    tokens_per_step: float
     draft_tokens: int  # drafted nodes sent to verification, all steps
     accepted_tokens: int  # drafted nodes accepted, all steps
     decode_seconds: float  # prefill and every step
     lookahead: bool
 
-    def as_dict(self, completion_tokens: int) -> dict:
-        tokens_per_step = completion_tokens / self.steps if self.steps else 0.0
-        return {**asdict(self), "tokens_per_step": round(tokens_per_step, 4)}
-
 
 @dataclass(frozen=True)
 class ReplicaMetrics:
-    """A Generator replica's own Prometheus figures (its n-gram sync) as of one answer.
+    """A Generator replica's n-gram sync figures as of one answer.
 
     They are counted inside the replica, but users scrape the ingress: each answer carries them
     there, and `/metrics` shows the latest of every replica, labelled by `replica`.
     """
 
     replica: str
-    families: tuple[Any, ...]  # prometheus_client `Metric`s, as `registry.collect()` gives them
+    sync: SyncStats
 
 
 @dataclass(frozen=True)
 class Finished:
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
     completion_tokens: int
-    summary: DecodeSummary
+    stats: AnswerStats
     replica: ReplicaMetrics | None = None
 
 

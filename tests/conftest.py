@@ -1,8 +1,36 @@
 """Fixtures shared by every test package."""
 
+import os
+from collections.abc import Callable, Mapping
+
 import pytest
 
 from benchmarks.local_redis import LocalRedis
+
+APP_PREFIX = "LOOKAHEAD_RAG__"
+
+
+@pytest.fixture(autouse=True)
+def _no_app_environment(monkeypatch):
+    """The service reads `LOOKAHEAD_RAG__*` variables: a developer's own must not change what a
+    test configures."""
+    for name in list(os.environ):
+        if name.startswith(APP_PREFIX):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def app_environment(monkeypatch) -> Callable[[Mapping[str, str]], None]:
+    """Set the process environment the configuration reads: exactly `variables`, for this test."""
+
+    def use(variables: Mapping[str, str]) -> None:
+        for name in list(os.environ):
+            if name.startswith(APP_PREFIX):
+                monkeypatch.delenv(name)
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+
+    return use
 
 
 @pytest.fixture

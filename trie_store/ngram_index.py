@@ -2,12 +2,13 @@
 
 Not a trie: an index. The request channel lives for one request and is queried maybe a few
 hundred times, so building trie nodes for every window of every passage would be wasted work
-(a dict-of-dicts insert of 4096 tokens takes 8-20 ms here). It keeps the token stream and one array of keys,
-sorted: for every position and every context length k <= max_context, k tagged onto a hash of
-the k tokens ending there (numpy, one pass, one stable argsort: ~1 ms for 4096 tokens). A draft
-finds the runs of its context's keys with one `searchsorted` and expands, best first, only the
-part of the subtree it returns (`subtree.best_first_draft`): the same draft a stored trie of
-every `branch_length + 1` window would give (tests cross-check it against `GlobalTrie`).
+(a dict-of-dicts insert of 4096 tokens takes 8-20 ms here). It keeps the token stream and one
+array of keys, sorted: for every position and every context length k <= max_context, k tagged
+onto a hash of the k tokens ending there (numpy, one pass, one stable argsort: ~1 ms for 4096
+tokens). A draft finds the runs of its context's keys with one `searchsorted` and expands, best
+first, only the part of the subtree it returns (`subtree.best_first_draft`): the same draft a
+stored trie of every `branch_length + 1` window would give (tests cross-check it against
+`GlobalTrie`).
 Accepted tokens go to a small dict index (O(max_context) per token), folded into the sorted
 array when it grows. Hash collisions are ruled out by comparing the tokens themselves.
 """

@@ -34,11 +34,11 @@ from pipeline.jobs.batch_io import (
 )
 from pipeline.model_thread import ModelThread
 
-# A retriever answers many questions at once: questions -> passages per question.
-Retriever = Callable[[Sequence[str]], Sequence[Sequence[Any]]]
+# Retrieval for many questions at once: questions -> passages per question.
+Search = Callable[[Sequence[str]], Sequence[Sequence[Any]]]
 
 
-class Answerer(Protocol):
+class QuestionAnswerer(Protocol):
     """Answers one question from its passages: -> answer, finish_reason, sources, stats."""
 
     def __call__(self, question: str, passages: Sequence[Any]) -> dict[str, Any]: ...
@@ -67,17 +67,17 @@ class Stages:
     """How each actor builds its model: picklable zero-argument factories (e.g. partials of
     module-level functions), called once per actor, on the actor."""
 
-    make_retriever: Callable[[], Retriever]
-    make_answerer: Callable[[], Answerer]
+    make_search: Callable[[], Search]
+    make_answerer: Callable[[], QuestionAnswerer]
     on_part: Callable[[Path], None] = field(default=lambda _: None)  # after each part
 
 
 class RetrieveStage:
     """Ray Data actor: adds `passages` (and `error` where retrieval failed) to each row."""
 
-    def __init__(self, make_retriever: Callable[[], Retriever]) -> None:
+    def __init__(self, make_search: Callable[[], Search]) -> None:
         self.model = ModelThread()  # Ray Data calls from another thread than this one
-        self.search = self.model.run(make_retriever)
+        self.search = self.model.run(make_search)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.model.run(self._retrieve, batch)
@@ -103,7 +103,7 @@ class RetrieveStage:
 class GenerateStage:
     """Ray Data actor: turns each row into its output record (JSON), answered or failed."""
 
-    def __init__(self, make_answerer: Callable[[], Answerer]) -> None:
+    def __init__(self, make_answerer: Callable[[], QuestionAnswerer]) -> None:
         self.model = ModelThread()
         self.answer = self.model.run(make_answerer)
 
@@ -176,7 +176,7 @@ def _answer(
         ray_data.from_arrow(blocks)
         .map_batches(
             RetrieveStage,
-            fn_constructor_kwargs={"make_retriever": stages.make_retriever},
+            fn_constructor_kwargs={"make_search": stages.make_search},
             compute=ray_data.ActorPoolStrategy(size=options.retrieve_actors),
             batch_size=None,  # one block per call: blocks stay the unit end to end
             num_cpus=options.cpus_per_actor,

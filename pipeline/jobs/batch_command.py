@@ -1,7 +1,7 @@
 """`lookahead-rag batch`: answer a file of questions with the service's own parts on Ray Data.
 
 Each retriever actor opens the configured index and each generator actor loads the configured
-model (`pipeline.rag.Answerer`) with its own sync of the shared n-grams (`ngrams.*`), so a
+model (`pipeline.answerer.Answerer`) with its own sync of the shared n-grams (`ngrams.*`), so a
 batch answer is the answer the service gives. Finished blocks are written as they come
 (`pipeline.jobs.batch`); `--resume` skips the rows an earlier run settled. The JSON summary is the
 last line printed.
@@ -18,9 +18,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pipeline.jobs.batch import BatchOptions, Retriever, Stages, run_batch
-from pipeline.jobs.batch_io import FORMATS, read_questions, settled_ids
 from pipeline.config import Config, add_config_arguments, config_from_args
+from pipeline.jobs.batch import BatchOptions, Search, Stages, run_batch
+from pipeline.jobs.batch_io import FORMATS, read_questions, settled_ids
+from pipeline.planning import JobRequest, plan_job
 from pipeline.wire import Answer, GenerationJob
 
 
@@ -54,12 +55,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def make_retriever(config: Config) -> Retriever:
+def make_search(config: Config) -> Search:
+    """The configured index, searched as the service plans it (on a retriever actor)."""
     from pipeline.resources import open_index
 
-    index = open_index(config)
-    k = max(config.retrieval.top_k, config.retrieval.seed_k)  # the extra ones seed the trie
-    return lambda questions: index.search(list(questions), k)
+    return index_search(open_index(config), config)
+
+
+def index_search(index: Any, config: Config) -> Search:
+    """Retrieval as the service plans it: the prompt's passages and more to seed the trie."""
+
+    def search(questions: Sequence[str]) -> Sequence[Sequence[Any]]:
+        plans = [plan_job(JobRequest.question(q), config) for q in questions]
+        k = max(plan.retrieve_k for plan in plans)  # one setting: the same for every question
+        return index.search([plan.query for plan in plans], k)
+
+    return search
+
+
+def batch_job(question: str, passages: Sequence[Any], config: Config) -> GenerationJob:
+    """A batch row's job: what `/v1/rag` and `ask` would plan for the same question."""
+    return plan_job(JobRequest.question(question), config).job(passages)
 
 
 class ServiceAnswerer:
@@ -67,20 +83,13 @@ class ServiceAnswerer:
     Serve Generator replica has): answers learnt here help the other actors and the service."""
 
     def __init__(self, config: Config) -> None:
-        from pipeline.rag import Answerer as RagAnswerer
+        from pipeline.answerer import Answerer
 
         self.config = config
-        self.answerer = RagAnswerer.load(config.model, config.generation, config.ngrams)
+        self.answerer = Answerer.load(config.model, config.generation, config.ngrams)
 
     def __call__(self, question: str, passages: Sequence[Any]) -> dict[str, Any]:
-        settings = self.config.generation
-        job = GenerationJob(
-            messages=({"role": "user", "content": question},),
-            passages=tuple(passages),
-            top_k=self.config.retrieval.top_k,
-            max_tokens=settings.max_tokens,
-            lookahead=settings.lookahead,
-        )
+        job = batch_job(question, passages, self.config)
         return answer_fields(Answer.collect(self.answerer.stream(job)))
 
     def flush(self) -> None:
@@ -97,7 +106,6 @@ def answer_fields(answer: Answer) -> dict[str, Any]:
     finished = answer.finished
     if finished is None:
         raise RuntimeError("generation ended without finishing the answer")
-    stats = finished.summary.as_dict(finished.completion_tokens)
     return {
         "answer": answer.text,
         "finish_reason": finished.finish_reason,
@@ -105,7 +113,7 @@ def answer_fields(answer: Answer) -> dict[str, Any]:
         "stats": {
             "prompt_tokens": answer.prompt_tokens,
             "completion_tokens": finished.completion_tokens,
-            **stats,
+            **asdict(finished.stats),
         },
     }
 
@@ -132,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         cpus_per_actor=args.cpus_per_actor,
         fmt=args.format,
     )
-    stages = Stages(partial(make_retriever, config), partial(ServiceAnswerer, config))
+    stages = Stages(partial(make_search, config), partial(ServiceAnswerer, config))
     session = partial(ray_runtime.connected, config, quiet=True)
     summary = run_batch(questions, args.out, stages, options, skip, session)
     print(json.dumps(summary.as_dict()))

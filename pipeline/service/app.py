@@ -1,5 +1,5 @@
-"""The Ray Serve application: an HTTP ingress (the FastAPI app of `pipeline.service.routes`) composed with a
-Retriever and a Generator deployment through `DeploymentHandle`s.
+"""The Ray Serve application: an HTTP ingress (the FastAPI app of `pipeline.service.routes`)
+composed with a Retriever and a Generator deployment through `DeploymentHandle`s.
 
 - Retriever: embeds queries in batches (`serve.batch`: concurrent requests share one encoder
   call) and searches the FAISS index.
@@ -24,9 +24,9 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from pipeline.service.routes import build_api
 from pipeline.config import Config, load_config
 from pipeline.service.errors import BackendUnavailableError
+from pipeline.service.routes import build_api
 from pipeline.service.scheduler import StepScheduler
 from pipeline.wire import Event, GenerationJob
 
@@ -56,7 +56,7 @@ class Retriever:
 @serve.deployment
 class Generator:
     def __init__(self, config: Config) -> None:
-        from pipeline.rag import Answerer
+        from pipeline.answerer import Answerer
 
         self.scheduler = StepScheduler(name="generator-steps")
         # On the thread that will run every step (see StepScheduler.call).

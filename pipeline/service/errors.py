@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from pipeline.planning import PlanError
 from pipeline.service.schemas import error_body
 from pipeline.wire import ContextTooLongError
 
@@ -48,6 +49,8 @@ def to_api_error(exc: Exception) -> ApiError:
     """The API error for any exception a route lets through."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, PlanError):
+        return ApiError(exc.status, str(exc), param=exc.param, code=exc.code)
     if isinstance(exc, ContextTooLongError):
         return ApiError(400, str(exc), param="messages", code="context_length_exceeded")
     if isinstance(exc, BackendUnavailableError):
@@ -110,7 +113,7 @@ def install_error_handlers(app: FastAPI, on_error: Callable[[Request, ApiError],
 
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
-    for known in (ApiError, ContextTooLongError, BackendUnavailableError):
+    for known in (ApiError, PlanError, ContextTooLongError, BackendUnavailableError):
         app.add_exception_handler(known, on_known)
     # Anything else is a bug: a 500 in the same shape (Starlette still logs the traceback).
     app.add_exception_handler(Exception, on_known)

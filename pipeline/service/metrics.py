@@ -28,9 +28,38 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 REPLICA_STALE_S = 900.0  # a replica unheard of for this long is gone (or idle): not shown
 
 
+# Each replica's `SyncStats` field -> (metric name, type, help, label of a by-key count).
+_SYNC_METRICS = {
+    "fallbacks": (
+        "store_fallbacks",
+        "counter",
+        "shared-store operations that failed (the replica drafted from local n-grams)",
+        None,
+    ),
+    "bad_members": (
+        "store_bad_members",
+        "counter",
+        "store members skipped: size, vocab (token id out of vocabulary) or count",
+        "reason",
+    ),
+    "dropped": (
+        "sync_dropped",
+        "counter",
+        "increments dropped past the pending bound (ngram) or answers past the queue",
+        "what",
+    ),
+    "flushed": ("store_flushed", "counter", "n-gram increments sent", None),
+    "pulls": ("store_pulls", "counter", "pulls that brought a new top k", None),
+    "store_up": ("store_up", "gauge", "1 when the last store operation worked", None),
+    "trie_nodes": ("global_trie_nodes", "gauge", "nodes of the current trie", None),
+    "pending_ngrams": ("pending_ngrams", "gauge", "distinct n-grams not yet in the store", None),
+}
+
+
 class ReplicaCollector(Collector):
-    """The latest figures each Generator replica sent, merged by metric name, one `replica` label
-    per replica. Values are the replica's own (cumulative counters stay cumulative)."""
+    """The latest n-gram sync figures each Generator replica sent, one `replica` label per
+    replica, named `lookahead_rag_ngram_*`. Values are the replica's own (cumulative counters
+    stay cumulative)."""
 
     def __init__(self, stale_s: float = REPLICA_STALE_S) -> None:
         self.stale_s = stale_s
@@ -46,17 +75,22 @@ class ReplicaCollector(Collector):
         with self._lock:
             self._latest = {k: v for k, v in self._latest.items() if v[0] >= cutoff}
             snapshots = [snapshot for _, (_, snapshot) in sorted(self._latest.items())]
-        merged: dict[str, Metric] = {}
-        for snapshot in snapshots:
-            for family in snapshot.families:
-                out = merged.get(family.name)
-                if out is None:
-                    out = Metric(family.name, family.documentation, family.type, family.unit)
-                    merged[family.name] = out
-                for s in family.samples:
-                    labels = {**s.labels, "replica": snapshot.replica}
-                    out.add_sample(s.name, labels, s.value, s.timestamp, s.exemplar)
-        return list(merged.values())
+        if not snapshots:
+            return []
+        families = []
+        for field, (name, kind, documentation, by) in _SYNC_METRICS.items():
+            family = Metric(f"lookahead_rag_ngram_{name}", documentation, kind)
+            suffix = "_total" if kind == "counter" else ""
+            for snapshot in snapshots:
+                value = getattr(snapshot.sync, field)
+                counts = value.items() if by else [(None, value)]
+                for key, count in counts:
+                    labels = {by: key} if by else {}
+                    family.add_sample(
+                        family.name + suffix, {**labels, "replica": snapshot.replica}, float(count)
+                    )
+            families.append(family)
+        return families
 
 
 class Metrics:
@@ -125,19 +159,19 @@ class Metrics:
     def record_answer(
         self, endpoint: str, seconds: float, prompt_tokens: int, finished: Finished
     ) -> None:
-        summary, tokens = finished.summary, finished.completion_tokens
+        stats, tokens = finished.stats, finished.completion_tokens
         self.latency.labels(endpoint).observe(seconds)
         self.prompt_tokens.inc(prompt_tokens)
         self.completion_tokens.inc(tokens)
-        self.steps.inc(summary.steps)
-        self.draft_tokens.inc(summary.draft_tokens)
-        self.accepted_tokens.inc(summary.accepted_tokens)
+        self.steps.inc(stats.steps)
+        self.draft_tokens.inc(stats.draft_tokens)
+        self.accepted_tokens.inc(stats.accepted_tokens)
         self._emitted += tokens
-        self._stepped += summary.steps
+        self._stepped += stats.steps
         if finished.replica is not None:
             self.replicas.update(finished.replica)
-        if summary.decode_seconds > 0:
-            self.tokens_per_second.observe(tokens / summary.decode_seconds)
+        if stats.decode_seconds > 0:
+            self.tokens_per_second.observe(tokens / stats.decode_seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,9 +1,10 @@
 """Request and response bodies of the HTTP API: `/v1/rag` and the OpenAI-compatible endpoints.
 
 Requests are strict (a string is never coerced into a number) and check their own shape; the
-limits that come from the config (`max_tokens`, `top_k`, input size) are checked by
-`pipeline.service.routes`, which knows the config. The OpenAI models ignore fields they do not know, as
-OpenAI clients send many optional ones; `/v1/rag` is ours and refuses unknown fields.
+limits that come from the config (`max_tokens`, `top_k`, input size) are checked when the
+request is planned (`pipeline.planning`). The OpenAI models ignore fields they do not know, as
+OpenAI clients send many optional ones; `/v1/rag` is ours and refuses unknown fields. Responses
+carry the wire types (`SourceRef`, `AnswerStats`) as they are.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from pipeline.wire import AnswerStats, SourceRef
 
 
 def _not_blank(value: str) -> str:
@@ -46,6 +49,19 @@ class GenerationRequest(BaseModel):
     def answer_tokens(self) -> int | None:
         """The answer length asked for; None: the configured default."""
         return self.max_tokens
+
+    def options(self) -> dict[str, Any]:
+        """The `planning.JobRequest` fields every generating endpoint shares."""
+        return {
+            "top_k": self.top_k,
+            "max_tokens": self.answer_tokens(),
+            "rag": self.rag,
+            "lookahead": self.lookahead,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "repetition_penalty": self.repetition_penalty,
+            "seed": self.seed,
+        }
 
 
 class RagRequest(GenerationRequest):
@@ -116,37 +132,19 @@ class CompletionRequest(_OpenAIRequest):
 # ---- responses ---------------------------------------------------------------------------------
 
 
-class Source(BaseModel):
-    id: str
-    title: str
-    source: str
-    score: float
-
-
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
 
 
-class LookaheadStats(BaseModel):
-    """How the answer was decoded: steps are forward passes; each yields 1 + accepted tokens."""
-
-    steps: int
-    tokens_per_step: float
-    draft_tokens: int
-    accepted_tokens: int
-    decode_seconds: float
-    lookahead: bool
-
-
 class RagResponse(BaseModel):
     id: str
     answer: str
     finish_reason: str
-    sources: list[Source]
+    sources: list[SourceRef]
     usage: Usage
-    stats: LookaheadStats
+    stats: AnswerStats
 
 
 class ChatChoiceMessage(BaseModel):
@@ -167,8 +165,8 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
-    sources: list[Source]
-    lookahead: LookaheadStats
+    sources: list[SourceRef]
+    lookahead: AnswerStats
 
 
 class CompletionChoice(BaseModel):
@@ -185,8 +183,8 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage
-    sources: list[Source]
-    lookahead: LookaheadStats
+    sources: list[SourceRef]
+    lookahead: AnswerStats
 
 
 class ModelCard(BaseModel):

@@ -26,8 +26,8 @@ def deploy(config: Config) -> str:
     """Deploy the app on the running Serve instance; the base URL it answers on."""
     from ray import serve
 
-    from pipeline.service.app import build_app
     from pipeline.ray_runtime import http_url
+    from pipeline.service.app import build_app
 
     serve.run(build_app(config), name=config.server.app_name, route_prefix="/")
     return http_url(config)

@@ -48,7 +48,7 @@ def test_serve_config_builds_the_app_the_cli_serves(serve_config: ServeDeploySch
     )
     names = {d.name for d in built.deployments}
     # `lookahead-rag serve` deploys pipeline.service.app.build_app of the config: the same graph.
-    cli_app = build_app(pipeline.service.app.build_app(load_config(environ={})), name=app_config.name)
+    cli_app = build_app(pipeline.service.app.build_app(load_config()), name=app_config.name)
     assert names == {d.name for d in cli_app.deployments}
     overridden = {d.name for d in app_config.deployments}
     assert overridden <= names, f"overrides for deployments the app lacks: {overridden - names}"
@@ -56,7 +56,7 @@ def test_serve_config_builds_the_app_the_cli_serves(serve_config: ServeDeploySch
 
 
 def test_container_environment_is_the_app_configuration(
-    rayservice: dict, rendered: dict[str, list[dict]]
+    rayservice: dict, rendered: dict[str, list[dict]], app_environment
 ) -> None:
     """Every variable the pods get configures a real key: a misspelt or old-style name would be
     silently ignored by load_config, so check the names, then that they load."""
@@ -71,7 +71,8 @@ def test_container_environment_is_the_app_configuration(
         for var in container["env"]:  # from the Secret: a stand-in value
             environ[var["name"]] = "redis://:pw@lookahead-rag-redis:6379/0"
     assert all(name.startswith(ENV_PREFIX) for name in environ), sorted(environ)
-    config = load_config(environ=environ)
+    app_environment(environ)
+    config = load_config()
     assert config.retrieval.index_dir == Path("/data/index")
     assert config.model.device == "cuda"
     assert config.ngrams.enabled
@@ -104,17 +105,21 @@ def _job_containers(job: dict) -> list[dict]:
     return [c for group in groups for c in group["template"]["spec"]["containers"]]
 
 
-def test_jobs_join_their_cluster_and_work_on_the_data_volume(rayjobs: dict[str, dict]) -> None:
+def test_jobs_join_their_cluster_and_work_on_the_data_volume(
+    rayjobs: dict[str, dict], app_environment
+) -> None:
     """The driver runs wherever Ray puts it: every container mounts the volume and gets the
     app's environment, in which the driver joins the job's cluster (a local Ray otherwise)."""
     for job in rayjobs.values():
         for container in _job_containers(job):
             assert {m["mountPath"] for m in container["volumeMounts"]} == {"/data"}
-            environ = {
-                var["name"]: var.get("value", "redis://:pw@lookahead-rag-redis:6379/0")
-                for var in container["env"]
-            }
-            assert load_config(environ=environ).server.ray_address == "auto"
+            app_environment(
+                {
+                    var["name"]: var.get("value", "redis://:pw@lookahead-rag-redis:6379/0")
+                    for var in container["env"]
+                }
+            )
+            assert load_config().server.ray_address == "auto"
 
 
 def test_index_job_embeds_on_actors(rayjobs: dict[str, dict]) -> None:

@@ -32,7 +32,6 @@ def small_index_dir(tmp_path_factory):
 def local_ray():
     """A local loopback Ray for the module's tests (commands run inside it reuse it)."""
     from pipeline import ray_runtime
-    from pipeline.ports import free_port
     from pipeline.config import Config
 
     with ray_runtime.connected(Config(), quiet=True):

@@ -1,11 +1,16 @@
 """What the HTTP tests share: a small-limits config and the table of bad requests, checked both
 against the HTTP layer alone and against the real Serve app."""
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from pipeline.config import load_config
+from pipeline.service.errors import BackendUnavailableError
+from pipeline.wire import AnswerStats, Delta, Finished, SourceRef, Started
 
 # Small limits keep the oversize cases cheap to send.
 MAX_INPUT_CHARS = 2000
@@ -21,7 +26,7 @@ LIMITS = {
 
 
 def small_limits_config(**overrides):
-    return load_config(overrides={**LIMITS, **overrides}, environ={})
+    return load_config(overrides={**LIMITS, **overrides})
 
 
 @dataclass(frozen=True)
@@ -308,3 +313,61 @@ def sse_payloads(text: str) -> list:
             data = block[len("data: ") :]
             out.append(data if data == "[DONE]" else json.loads(data))
     return out
+
+
+class Passage:
+    def __init__(self, i):
+        self.id, self.title, self.source, self.score = f"p{i}", f"T{i}", "stdlib", 1 / (i + 1)
+        self.text = f"passage {i}"
+
+
+class StandIn:
+    """Replays a fixed answer; `fail` makes a part raise at a chosen point."""
+
+    def __init__(self):
+        self.jobs = []
+        self.fail = None  # "retrieve", "start", "midway", "check"
+
+    async def retrieve(self, query, k):
+        if self.fail == "retrieve":
+            raise BackendUnavailableError("the retriever is unavailable: ActorDiedError")
+        return [Passage(i) for i in range(k)]
+
+    async def generate(self, job):
+        self.jobs.append(job)
+        if self.fail == "start":
+            raise BackendUnavailableError("the generator is unavailable: ActorDiedError")
+        sources = tuple(SourceRef(p.id, p.title, p.source, p.score) for p in job.passages[:2])
+        yield Started(7, sources)
+        yield Delta("Use", 1)
+        yield Delta("", 1)  # a step whose text is held back
+        if self.fail == "midway":
+            raise BackendUnavailableError("the generator is unavailable: ActorDiedError")
+        yield Delta(" json.loads.", 3)
+        yield Finished("stop", 5, AnswerStats(3, 5 / 3, 12, 2, 0.25, job.lookahead))
+
+    async def check(self):
+        if self.fail == "check":
+            raise BackendUnavailableError("the retriever is unavailable: ActorDiedError")
+
+
+def asgi_client(app):
+    """A synchronous client of an ASGI app in this process (httpx's ASGI transport is async;
+    the tests read better synchronously)."""
+    transport = httpx.ASGITransport(app=app)
+
+    class Sync:
+        def request(self, method, path, **kwargs):
+            async def go():
+                async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                    return await c.request(method, path, **kwargs)
+
+            return asyncio.run(go())
+
+        def post(self, path, **kwargs):
+            return self.request("POST", path, **kwargs)
+
+        def get(self, path, **kwargs):
+            return self.request("GET", path, **kwargs)
+
+    return Sync()

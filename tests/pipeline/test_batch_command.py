@@ -14,13 +14,14 @@ from pathlib import Path
 import psutil
 import redis
 
-from pipeline.jobs.batch_io import OK, final_records
+from pipeline.answerer import Answerer
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.rag import Answerer, RagPipeline
+from pipeline.jobs.batch_io import OK, final_records
+from pipeline.rag import RagPipeline
 from retrieval import load_index
 from trie_store import TrieConfig
-from trie_store.ngram_counter import answer_ngrams
+from trie_store.sharing.members import answer_ngrams
 
 QUESTIONS = ("How do I parse a JSON string?", "What does functools.partial do?", "")
 

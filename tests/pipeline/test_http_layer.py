@@ -2,51 +2,19 @@
 a dead backend) or no model at all. The real Serve app gets the same bad-request table in
 test_serve_app.py."""
 
-import asyncio
-
-import httpx
 import pytest
-from servehelpers import BAD_REQUESTS, MODEL, USER, check_error, small_limits_config, sse_payloads
+from servehelpers import (
+    BAD_REQUESTS,
+    MODEL,
+    USER,
+    StandIn,
+    asgi_client,
+    check_error,
+    small_limits_config,
+    sse_payloads,
+)
 
 from pipeline.service.routes import build_api
-from pipeline.service.errors import BackendUnavailableError
-from pipeline.wire import DecodeSummary, Delta, Finished, SourceRef, Started
-
-
-class Passage:
-    def __init__(self, i):
-        self.id, self.title, self.source, self.score = f"p{i}", f"T{i}", "stdlib", 1 / (i + 1)
-        self.text = f"passage {i}"
-
-
-class StandIn:
-    """Replays a fixed answer; `fail` makes a part raise at a chosen point."""
-
-    def __init__(self):
-        self.jobs = []
-        self.fail = None  # "retrieve", "start", "midway", "check"
-
-    async def retrieve(self, query, k):
-        if self.fail == "retrieve":
-            raise BackendUnavailableError("the retriever is unavailable: ActorDiedError")
-        return [Passage(i) for i in range(k)]
-
-    async def generate(self, job):
-        self.jobs.append(job)
-        if self.fail == "start":
-            raise BackendUnavailableError("the generator is unavailable: ActorDiedError")
-        sources = tuple(SourceRef(p.id, p.title, p.source, p.score) for p in job.passages[:2])
-        yield Started(7, sources)
-        yield Delta("Use", 1)
-        yield Delta("", 1)  # a step whose text is held back
-        if self.fail == "midway":
-            raise BackendUnavailableError("the generator is unavailable: ActorDiedError")
-        yield Delta(" json.loads.", 3)
-        yield Finished("stop", 5, DecodeSummary(3, 12, 2, 0.25, job.lookahead))
-
-    async def check(self):
-        if self.fail == "check":
-            raise BackendUnavailableError("the retriever is unavailable: ActorDiedError")
 
 
 @pytest.fixture
@@ -56,26 +24,7 @@ def backend():
 
 @pytest.fixture
 def client(backend):
-    app = build_api(backend, small_limits_config())
-    transport = httpx.ASGITransport(app=app)
-
-    class Sync:
-        """httpx's ASGI transport is async; these tests read better synchronously."""
-
-        def request(self, method, path, **kwargs):
-            async def go():
-                async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-                    return await c.request(method, path, **kwargs)
-
-            return asyncio.run(go())
-
-        def post(self, path, **kwargs):
-            return self.request("POST", path, **kwargs)
-
-        def get(self, path, **kwargs):
-            return self.request("GET", path, **kwargs)
-
-    return Sync()
+    return asgi_client(build_api(backend, small_limits_config()))
 
 
 @pytest.mark.parametrize("bad", BAD_REQUESTS, ids=lambda b: b.id)

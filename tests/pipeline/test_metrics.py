@@ -1,24 +1,20 @@
 """What the Generator replicas count reaches the ingress's /metrics, one `replica` label each."""
 
 import pytest
-from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.service.metrics import Metrics, ReplicaCollector
-from pipeline.wire import DecodeSummary, Finished, ReplicaMetrics
-from trie_store.sync import SyncMetrics
+from pipeline.wire import AnswerStats, Finished, ReplicaMetrics
+from trie_store.sharing import SyncStats
 
 
 def _snapshot(name: str, fallbacks: int, nodes: int) -> ReplicaMetrics:
-    sync = SyncMetrics(CollectorRegistry())
-    sync.fallbacks.inc(fallbacks)
-    sync.bad_members.labels("size").inc(2)
-    sync.trie_nodes.set(nodes)
-    return ReplicaMetrics(name, tuple(sync.registry.collect()))
+    stats = SyncStats(fallbacks=fallbacks, bad_members={"size": 2}, trie_nodes=nodes)
+    return ReplicaMetrics(name, stats)
 
 
 def _finished(replica: ReplicaMetrics | None) -> Finished:
-    return Finished("stop", 3, DecodeSummary(2, 4, 1, 0.1, True), replica)
+    return Finished("stop", 3, AnswerStats(2, 1.5, 4, 1, 0.1, True), replica)
 
 
 def _samples(metrics: Metrics) -> dict:

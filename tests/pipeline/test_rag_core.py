@@ -3,7 +3,9 @@
 import pytest
 from servehelpers import small_limits_config
 
-from pipeline.rag import Answerer, RagPipeline
+from pipeline.answerer import Answerer
+from pipeline.planning import PlanError
+from pipeline.rag import RagPipeline
 from pipeline.wire import ContextTooLongError, Delta, Finished, GenerationJob, Started
 
 QUESTION = "How do I parse a JSON string into a Python object?"
@@ -35,16 +37,16 @@ def test_events_come_in_order_with_sources_from_the_index(pipeline):
     assert 1 <= len(started.sources) <= 3
     assert any(s.title.startswith("json") for s in started.sources)
     assert sum(e.n_tokens for e in events[1:-1]) == finished.completion_tokens <= 12
-    assert finished.summary.steps == len(events) - 2  # one Delta per decoding step
+    assert finished.stats.steps == len(events) - 2  # one Delta per decoding step
 
 
 def test_lookahead_is_lossless_and_takes_fewer_steps_than_tokens(pipeline):
     lookahead = pipeline.answer(QUESTION, max_tokens=32)
     plain = pipeline.answer(QUESTION, max_tokens=32, lookahead=False)
     assert lookahead.text == plain.text
-    assert plain.finished.summary.steps == plain.finished.completion_tokens
-    assert plain.finished.summary.draft_tokens == 0
-    assert lookahead.finished.summary.steps <= plain.finished.summary.steps
+    assert plain.finished.stats.steps == plain.finished.completion_tokens
+    assert plain.finished.stats.draft_tokens == 0
+    assert lookahead.finished.stats.steps <= plain.finished.stats.steps
 
 
 def test_the_prompt_never_overflows_the_budget_passages_are_dropped_instead(pipeline):
@@ -88,7 +90,7 @@ def test_completion_jobs_continue_raw_text(pipeline):
 
 @pytest.mark.parametrize("question", ["", "   ", None])
 def test_an_empty_question_is_refused(pipeline, question):
-    with pytest.raises(ValueError, match="non-empty string"):
+    with pytest.raises(PlanError, match="must not be empty"):
         pipeline.job(question)
 
 

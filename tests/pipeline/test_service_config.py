@@ -8,14 +8,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_shipped_config_file_spells_out_exactly_the_defaults():
-    assert load_config(REPO / "configs" / "lookahead-rag.yaml", environ={}) == Config()
+    assert load_config(REPO / "configs" / "lookahead-rag.yaml") == Config()
 
 
-def test_file_then_environment_then_flags(tmp_path):
+def test_file_then_environment_then_flags(tmp_path, app_environment):
     path = tmp_path / "c.yaml"
     path.write_text("server: {port: 9000, host: 10.0.0.1}\ngeneration: {max_tokens: 64}\n")
-    env = {"LOOKAHEAD_RAG__SERVER__PORT": "9100", "LOOKAHEAD_RAG__MODEL__DTYPE": "bfloat16"}
-    config = load_config(path, overrides={"server.port": 9200, "model.name": None}, environ=env)
+    app_environment(
+        {"LOOKAHEAD_RAG__SERVER__PORT": "9100", "LOOKAHEAD_RAG__MODEL__DTYPE": "bfloat16"}
+    )
+    config = load_config(path, overrides={"server.port": 9200, "model.name": None})
     assert config.server.port == 9200  # flag beats environment beats file
     assert config.server.host == "10.0.0.1"  # file beats default
     assert config.model.dtype == "bfloat16"  # environment beats default
@@ -23,13 +25,17 @@ def test_file_then_environment_then_flags(tmp_path):
     assert config.generation.max_tokens == 64
 
 
-def test_unknown_keys_are_errors_not_silently_ignored(tmp_path):
+def test_unknown_keys_are_errors_not_silently_ignored(tmp_path, app_environment):
     path = tmp_path / "c.yaml"
     path.write_text("server: {prot: 9000}\n")
     with pytest.raises(ConfigError, match="prot"):
-        load_config(path, environ={})
+        load_config(path)
+    app_environment({"LOOKAHEAD_RAG__RETREIVAL__TOP_K": "3"})
     with pytest.raises(ConfigError, match="retreival"):
-        load_config(environ={"LOOKAHEAD_RAG__RETREIVAL__TOP_K": "3"})
+        load_config()
+    app_environment({"LOOKAHEAD_RAG__SERVER__PROT": "3"})
+    with pytest.raises(ConfigError, match="prot"):
+        load_config()
 
 
 @pytest.mark.parametrize(
@@ -47,12 +53,12 @@ def test_invalid_files_name_the_problem(tmp_path, text, match):
     path = tmp_path / "c.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=match):
-        load_config(path, environ={})
+        load_config(path)
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config file"):
-        load_config(tmp_path / "nope.yaml", environ={})
+        load_config(tmp_path / "nope.yaml")
 
 
 def test_deployment_options_go_to_serve_as_given():
@@ -61,7 +67,6 @@ def test_deployment_options_go_to_serve_as_given():
             "deployments.generator.ray_actor_options": {"num_cpus": 2, "num_gpus": 1},
             "deployments.generator.autoscaling_config": {"min_replicas": 1, "max_replicas": 4},
         },
-        environ={},
     )
     options = config.deployments.generator.options()
     assert options["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 1}

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from pipeline.answerer import Answerer
 from pipeline.config import GenerationSection, NgramsSection, load_config
-from pipeline.rag import Answerer
 from pipeline.wire import Answer, GenerationJob
 
 PASSAGE = (
@@ -28,7 +28,7 @@ def one_torch_thread():
 def ask(answerer: Answerer, question: str) -> tuple[str, float]:
     job = GenerationJob(messages=({"role": "user", "content": f"{PASSAGE}\n\n{question}"},))
     answer = Answer.collect(answerer.stream(job))
-    return answer.text, answer.finished.completion_tokens / answer.finished.summary.steps
+    return answer.text, answer.finished.completion_tokens / answer.finished.stats.steps
 
 
 @pytest.mark.slow
@@ -53,9 +53,9 @@ def test_replica_b_accepts_more_tokens_per_step_thanks_to_replica_a(lm, redis_se
             answerer.close()
 
 
-def test_the_redis_url_is_a_secret():
-    env = {"LOOKAHEAD_RAG__NGRAMS__REDIS_URL": "rediss://:s3cret@redis.internal:6380/0"}
-    config = load_config(environ=env)
+def test_the_redis_url_is_a_secret(app_environment):
+    app_environment({"LOOKAHEAD_RAG__NGRAMS__REDIS_URL": "rediss://:s3cret@redis.internal:6380/0"})
+    config = load_config()
     assert config.ngrams.redis_url.get_secret_value().startswith("rediss://:s3cret@")
     assert "s3cret" not in repr(config)
     assert "s3cret" not in str(config.model_dump())

@@ -1,7 +1,7 @@
 """Index types through FAISS factory strings; recall of the approximate ones against exact.
 
-Recall is measured on synthetic embedding-like vectors (see `benchmarks.retrieval_speed`) to keep the
-test fast; the IVF-PQ figure is printed (pytest -s) and held to a loose floor.
+Recall is measured on synthetic embedding-like vectors (see `benchmarks.retrieval_speed`) to keep
+the test fast; the IVF-PQ figure is printed (pytest -s) and held to a loose floor.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval import RetrievalError
 from benchmarks.retrieval_speed import recall_at_k, synthetic_vectors
+from retrieval import RetrievalError
 from retrieval.faiss_index import (
     FLAT_MAX,
     HNSW_MAX,

@@ -1,12 +1,14 @@
 """RequestDrafter: the per-request draft source the decode loop holds."""
 
+import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from triehelpers import trie_from_paths, window_counts
 
-from trie_store import Draft, Drafter, GlobalTrie, RequestDrafter, TrieConfig
+from trie_store import Draft, Drafter, RequestDrafter, TrieConfig
 
 
 def test_drafts_continuation_of_the_prompt_and_passages():
@@ -28,13 +30,17 @@ def test_observe_lets_the_answer_continue_the_prompt():
 
 
 def test_global_channel_fills_in_what_the_request_lacks():
-    shared = GlobalTrie(TrieConfig(branch_length=4))
-    shared.insert([5, 6, 7, 8])
-    drafter = RequestDrafter([1, 2, 5, 9], global_trie=shared)
+    config = TrieConfig(branch_length=4)
+    shared = trie_from_paths(window_counts([[5, 6, 7, 8]], 4), config)
+    drafter = RequestDrafter([1, 2, 5, 9], config=config, global_trie=shared)
     draft = drafter.draft([4, 5], 4)
     draft.validate()
-    assert draft.tokens[1] == 9  # the request channel ranks first
-    assert 6 in draft.tokens.tolist()
+    # the request channel's 9 (1/2, weighted 0.9) ranks first; the global chain 6 7 8
+    # (1/2, 1/4, 1/8, weighted 0.1) fills the rest of the budget
+    assert draft.tokens.tolist() == [5, 9, 6, 7, 8]
+    assert draft.parent.tolist() == [-1, 0, 0, 2, 3]
+    assert draft.scores[1:].tolist() == pytest.approx([0.45, 0.05, 0.025, 0.0125])
+    assert drafter.draft([4, 3], 4) == Draft.root_only(3)  # neither channel knows "3"
 
 
 def test_is_a_drafter_and_rejects_bad_input():
@@ -48,7 +54,18 @@ def test_is_a_drafter_and_rejects_bad_input():
         RequestDrafter([1], request_weight=1.5)
 
 
-def test_trie_store_imports_neither_torch_nor_ray():
-    code = "import sys, trie_store.benchmark; print(sorted({'torch', 'ray'} & set(sys.modules)))"
+def imported_by(statement: str, names: set[str]) -> list[str]:
+    """Which of `names` a fresh interpreter has in sys.modules after `statement`."""
+    code = f"import json, sys; {statement}; print(json.dumps(sorted({names!r} & set(sys.modules))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    return json.loads(out.stdout)
+
+
+def test_trie_store_imports_neither_torch_nor_ray():
+    assert imported_by("import trie_store, trie_store.sharing", {"torch", "ray"}) == []
+
+
+def test_the_drafting_half_imports_nothing_of_the_sharing_half():
+    names = {"trie_store.sharing", "redis", "prometheus_client"}
+    assert imported_by("import trie_store", names) == []
+    assert imported_by("import trie_store.sharing", names) == ["redis", "trie_store.sharing"]

@@ -127,8 +127,8 @@ def replaced(**changes: object) -> tuple[object, object, object]:
         (replaced(counts=np.array([0, 8, 4, 4, 3, np.nan])), "finite and > 0"),
         (replaced(counts=np.array([0, 8, 4, 4, np.inf, 1])), "finite and > 0"),
         (replaced(counts=np.array([0, 8, 4, 4, 3, 0.0])), "finite and > 0"),
-        (replaced(counts=np.array([0, 8, -4, 4, 3, 1])), "finite and > 0"),
-        (replaced(counts=np.array([0, 8, 4, 4, 5, 1])), "counts more than its parent"),
+        (replaced(counts=np.array([0, 8, -4.0, 4, 3, 1])), "finite and > 0"),
+        (replaced(counts=np.array([0, 8, 4, 4, 5.0, 1])), "counts more than its parent"),
         (replaced(tokens=np.array([-1, 1, 2, 2, 3, 4])), "two children with the same token"),
     ],
 )

@@ -30,9 +30,7 @@ def path_counts(ngrams: Iterable[Sequence[int]], counts: Iterable[float]) -> dic
 
 def window_counts(sequences: Iterable[Sequence[int]], branch_length: int) -> dict[Path, float]:
     """The trie of every `branch_length + 1` window of every sequence, as {path: count}."""
-    windows = [
-        list(seq)[i : i + branch_length + 1] for seq in sequences for i in range(len(seq))
-    ]
+    windows = [list(seq)[i : i + branch_length + 1] for seq in sequences for i in range(len(seq))]
     return path_counts(windows, [1.0] * len(windows))
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from trie_store.sharing.redis_store import RedisStore, redis_client
 from trie_store.sharing.popular_store import InProcessStore, PopularStore, StorePolicy
+from trie_store.sharing.redis_store import RedisStore, redis_client
 
 
 def store_from_url(

@@ -113,5 +113,4 @@ def build_trie(ngrams: Ngrams, config: TrieConfig) -> GlobalTrie:
         np.concatenate(parents),
         np.concatenate(counts),
         config=config,
-        max_nodes=max(1, next_id - 1),
     )

@@ -36,8 +36,8 @@ import numpy as np
 from trie_store.config import TrieConfig, as_int
 from trie_store.global_trie import GlobalTrie
 from trie_store.sharing.members import BoundedCounts, answer_ngrams
-from trie_store.sharing.popular_trie import build_trie, decode_members, join
 from trie_store.sharing.popular_store import PopularStore, StoreError
+from trie_store.sharing.popular_trie import build_trie, decode_members, join
 from trie_store.tokens import as_tokens
 
 log = logging.getLogger(__name__)

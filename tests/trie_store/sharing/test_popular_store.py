@@ -7,13 +7,19 @@ import time
 import numpy as np
 import pytest
 import redis
+from triehelpers import pack
 
-from trie_store import InProcessStore, StoreError, StorePolicy, model_namespace, store_from_url
-from trie_store.local_redis import LocalRedis
-from trie_store.ngram_counter import pack_ngram
-from trie_store.redis_store import RedisStore, redact, redis_client
+from benchmarks.local_redis import LocalRedis
+from trie_store.sharing import (
+    InProcessStore,
+    StoreError,
+    StorePolicy,
+    model_namespace,
+    store_from_url,
+)
+from trie_store.sharing.redis_store import RedisStore, redact, redis_client
 
-A, B, C = pack_ngram([1, 2]), pack_ngram([3]), pack_ngram([4, 5, 6])
+A, B, C = pack([1, 2]), pack([3]), pack([4, 5, 6])
 NS = model_namespace("test-model", 100)
 
 
@@ -69,13 +75,13 @@ def test_cap_holds_under_a_stream_of_inserts(make_store):
     store = make_store(policy=StorePolicy(cap=cap, half_life_s=3600))
     rng = np.random.default_rng(0)
     for i in range(30):
-        batch = {pack_ngram([int(t)]): 1.0 for t in rng.integers(0, 10_000, size=20)}
-        batch[pack_ngram([7, 7])] = 5.0  # a popular n-gram, seen in every batch
+        batch = {pack([int(t)]): 1.0 for t in rng.integers(0, 10_000, size=20)}
+        batch[pack([7, 7])] = 5.0  # a popular n-gram, seen in every batch
         store.add(batch, f"b{i}")
         assert len(store.top(1000, 2).members) <= cap
     top = store.top(1000, 2)
     assert len(top.members) == cap
-    assert top.members[0] == pack_ngram([7, 7])
+    assert top.members[0] == pack([7, 7])
     assert top.counts[0] == pytest.approx(150, rel=1e-3)
 
 
@@ -150,7 +156,7 @@ def test_namespaces_are_isolated_and_keys_stay_under_them(redis_server):
 def test_the_server_refuses_to_send_members_of_the_wrong_size(redis_server):
     store = store_from_url(redis_server.url, NS)
     store.add({A: 1.0}, "1")
-    store.client.zadd(store.keys[0], {b"x" * 100_000: 50, b"abcde": 40, pack_ngram([1] * 9): 30})
+    store.client.zadd(store.keys[0], {b"x" * 100_000: 50, b"abcde": 40, pack([1] * 9): 30})
     top = store.top(10, max_tokens=3)
     assert top.members == [A]
     assert top.skipped == 3
