@@ -10,7 +10,7 @@ that matters is a ratio; beside wall-clock ratios it gives CPU-time ratios (`*_c
 when other jobs share the cores. All methods run the same loaded model, kernels included, so
 the ratios measure decoding, not kernels. Identity with greedy is checked token for token; at
 a mismatch the top-2 logit gap of the reference model there says whether it is a float
-near-tie. The last line printed is one JSON object (BENCH.md).
+near-tie. The last line printed is one JSON object (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from generation.models import DEFAULT_MODEL, DTYPES, load_model
 from generation.sampling import SamplingParams
 
 METHODS = ("greedy", "pld", "lookahead")  # "sample" replaces "greedy" under sampling
-PLD_TOKENS = 10  # what transformers' docs suggest and BENCH.md fixes
+PLD_TOKENS = 10  # what transformers' docs suggest (docs/benchmarks.md)
 
 
 @dataclass(frozen=True)

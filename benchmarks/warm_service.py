@@ -9,7 +9,7 @@ would send it: a later variant lands on another replica than its original with p
 1 - 1/replicas, and only the shared store can help it there.
 
 Modes, each with its own replicas and stores, run on one model and interleaved request by
-request (BENCH.md: ratios from one process, one run):
+request (docs/benchmarks.md: ratios from one process, one run):
 - plain: draft size 0, plain greedy decoding in the same loop (the reference output);
 - off: lookahead from the request's own n-grams (prompt and answer) only;
 - local: plus each replica's own past answers (in-process store, nothing shared);
@@ -59,7 +59,7 @@ SCRIPTED |= {"zunionstore", "hmget", "hset", "hincrby", "time"}  # only ever ins
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompts", type=Path, help="JSONL prompts (BENCH.md rows)")
+    parser.add_argument("prompts", type=Path, help="JSONL prompts (docs/benchmarks.md)")
     parser.add_argument("--limit", type=int, default=6, help="distinct prompts (default 6)")
     parser.add_argument("--categories", default="rag", help="comma-separated (default rag)")
     parser.add_argument("--rounds", type=int, default=3, help="original, paraphrase, repeat")

@@ -1,10 +1,10 @@
 """The step-cost curve t(q): what one verify pass of q tokens costs on this model and device.
 
 Drafting pays only when the tokens a step is expected to yield grow faster than its cost
-(DESIGN.md, "Cost model"); on a GPU t(64) ~ t(1), on a CPU it is not. So the engine measures
-t(q) once per model, device, dtype and thread count, the way it runs its steps (a tree-shaped
-draft through `verify_forward` over a cache of a few hundred tokens, the argmax on the host,
-then `keep_accepted_kv`), and keeps it as JSON beside the converted models.
+(docs/architecture.md, "The cost model"); on a GPU t(64) ~ t(1), on a CPU it is not. So the
+engine measures t(q) once per model, device, dtype and thread count, the way it runs its steps
+(a tree-shaped draft through `verify_forward` over a cache of a few hundred tokens, the argmax
+on the host, then `keep_accepted_kv`), and keeps it as JSON beside the converted models.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The HTTP layer alone, over a stand-in backend: what needs control of the backend (failures,
 a dead backend) or no model at all. The real Serve app gets the same bad-request table in
-test_serve_app.py."""
+test_app.py."""
 
 import pytest
 from servehelpers import (
