@@ -36,9 +36,27 @@ BENCH_MAX_TOKENS = 64
 TIMEOUT = httpx.Timeout(10.0, read=900.0)
 
 
+def _count(text: str) -> int:
+    """An integer >= 1 (an argparse type: a bad value is a usage error, not a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"an integer >= 1 wanted, got {text!r}")
+    return value
+
+
+def _levels(text: str) -> list[int]:
+    """Comma-separated concurrency levels, each >= 1 (an argparse type)."""
+    return [_count(level) for level in text.split(",")]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--requests", type=int, default=8, help="requests per measurement")
-    parser.add_argument("--concurrency", default="1,4,8", help="comma-separated levels")
+    parser.add_argument("--requests", type=_count, default=8, help="requests per measurement")
+    parser.add_argument(
+        "--concurrency", type=_levels, default="1,4,8", help="comma-separated levels"
+    )
     parser.add_argument("--port", type=int, help="HTTP port (default: a free one)")
     add_config_arguments(parser)
 
@@ -48,9 +66,6 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.rag import RagPipeline
     from pipeline.service.serve_command import deploy
 
-    levels = [int(c) for c in args.concurrency.split(",")]
-    if args.requests < 1 or not levels or min(levels) < 1:
-        raise SystemExit("--requests and every --concurrency level must be >= 1")
     config = config_from_args(
         args,
         server__port=args.port or free_port(),
@@ -71,11 +86,14 @@ def run(args: argparse.Namespace) -> int:
                 in_process.append(_local_once(local, q))
                 http.append(_http_once(client, q))
         throughput = {
-            mode: {c: asyncio.run(_load(url, questions, c, mode == "lookahead")) for c in levels}
+            mode: {
+                c: asyncio.run(_load(url, questions, c, mode == "lookahead"))
+                for c in args.concurrency
+            }
             for mode in ("lookahead", "plain")
         }
-    result = _summarise(in_process, http, throughput, config.generation.max_tokens)
-    _print_tables(result)
+    result = summarise(in_process, http, throughput, config.generation.max_tokens)
+    print_tables(result)
     print(json.dumps(result))
     return 0
 
@@ -136,7 +154,8 @@ async def _load(url: str, questions: Sequence[str], concurrency: int, lookahead:
     }
 
 
-def _percentiles(samples: Sequence[tuple[float, float]]) -> dict:
+def percentiles(samples: Sequence[tuple[float, float]]) -> dict:
+    """p50 and p95 of time to first token and of end to end, from (ttft, e2e) seconds."""
     ttft, e2e = np.array(samples).T
     return {
         "ttft_p50_s": round(float(np.percentile(ttft, 50)), 4),
@@ -146,8 +165,10 @@ def _percentiles(samples: Sequence[tuple[float, float]]) -> dict:
     }
 
 
-def _summarise(in_process, http, throughput, max_tokens: int) -> dict:
-    local, remote = _percentiles(in_process), _percentiles(http)
+def summarise(in_process, http, throughput, max_tokens: int) -> dict:
+    """The JSON object: latency each way and the HTTP overhead (none where in-process measured
+    0), throughput per mode and level (`_load`'s figures), lookahead over plain in tokens/s."""
+    local, remote = percentiles(in_process), percentiles(http)
     overhead = {key: round(remote[key] / local[key] - 1, 4) for key in local if local[key] > 0}
     levels = throughput["lookahead"].keys()
     speedup = {
@@ -168,7 +189,7 @@ def _summarise(in_process, http, throughput, max_tokens: int) -> dict:
     }
 
 
-def _print_tables(result: dict) -> None:
+def print_tables(result: dict) -> None:
     latency = result["latency"]
     print(f"\nlatency over {result['requests']} questions (max_tokens {result['max_tokens']})")
     print(f"{'':<12} {'TTFT p50':>9} {'TTFT p95':>9} {'e2e p50':>9} {'e2e p95':>9}")

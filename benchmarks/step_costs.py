@@ -1,4 +1,5 @@
-"""`lookahead-rag bench-steps`: the step-cost curve t(q) of a model on its device (BENCH.md).
+"""`lookahead-rag bench-steps`: the step-cost curve t(q) of a model on its device
+(docs/benchmarks.md).
 
 Prints a table (median, quartiles, t(q)/t(1), and how many draft tokens a q-token pass must
 accept on average to beat plain decoding) and, last, one JSON line. `--compare` also runs
@@ -74,7 +75,8 @@ def _summary(lm: LoadedModel, samples: dict[int, list[float]], context_len: int)
         "threads": curve.threads,
         "context_len": context_len,
         "speedups": list(lm.speedups),
-        "t_ms": {str(q): round(v, 2) for q, v in t.items()},
+        # 4 significant digits: a fixed number of decimals would blur a fast model's 0.1 ms
+        "t_ms": {str(q): float(f"{v:.4g}") for q, v in t.items()},
         "ratio_16_1": round(t[16] / t[1], 3) if 1 in t and 16 in t else None,
     }
 

@@ -33,6 +33,16 @@ def app_environment(monkeypatch) -> Callable[[Mapping[str, str]], None]:
     return use
 
 
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The default model's tokenizer (byte-level BPE; its first ids also serve tiny models)."""
+    from transformers import AutoTokenizer
+
+    from generation.models import _default_model_dir
+
+    return AutoTokenizer.from_pretrained(_default_model_dir())
+
+
 @pytest.fixture
 def redis_server():
     """A private, empty redis-server on a free loopback port, stopped by PID afterwards. Tests

@@ -1,14 +1,5 @@
 import pytest
 import torch
-from transformers import AutoTokenizer
-
-from generation.models import _default_model_dir
-
-
-@pytest.fixture(scope="session")
-def tokenizer():
-    """The default model's tokenizer (byte-level BPE; its first ids also serve tiny models)."""
-    return AutoTokenizer.from_pretrained(_default_model_dir())
 
 
 @pytest.fixture(scope="session", autouse=True)

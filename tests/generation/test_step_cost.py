@@ -5,7 +5,6 @@ import pytest
 import torch
 from genhelpers import tiny_model
 
-import benchmarks.step_costs as bench_steps
 import generation.step_cost as step_cost
 from generation.models import LoadedModel
 from generation.step_cost import (
@@ -14,7 +13,6 @@ from generation.step_cost import (
     measure_step_costs,
     tree_draft,
 )
-from pipeline.cli import main
 
 
 def curve(t_ms: dict[int, float]) -> StepCostCurve:
@@ -120,30 +118,3 @@ def test_load_or_measure_caches_per_setup(tiny, tmp_path, monkeypatch):
         assert step_cost.curve_path(tiny) != path
     finally:
         torch.set_num_threads(threads)
-
-
-def test_bench_steps_prints_table_and_json_last(tiny, monkeypatch, capsys):
-    loads = []
-
-    def fake_load(name, dtype, device, fast_kernels):
-        loads.append(fast_kernels)
-        return tiny
-
-    monkeypatch.setattr(bench_steps, "load_model", fake_load)
-    argv = ["bench-steps", "--qs", "16,1", "--repeats", "2", "--warmup", "0"]
-    assert main([*argv, "--context-len", "24", "--compare"]) == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    result = json.loads(out[-1])
-    assert loads == [True, False]
-    assert set(result["t_ms"]) == {"1", "16"}
-    assert result["ratio_16_1"] == pytest.approx(result["t_ms"]["16"] / result["t_ms"]["1"], 0.01)
-    assert result["context_len"] == 24
-    assert set(result["stock"]["t_ms"]) == {"1", "16"}
-    assert any(line.split()[:1] == ["16"] for line in out)  # a table row per q
-
-
-def test_bench_steps_rejects_bad_qs(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["bench-steps", "--qs", "1,x"])
-    assert exc.value.code == 2
-    assert "comma-separated integers" in capsys.readouterr().err

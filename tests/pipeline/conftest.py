@@ -14,11 +14,6 @@ def lm():
 
 
 @pytest.fixture(scope="session")
-def tokenizer(lm):
-    return lm.tokenizer
-
-
-@pytest.fixture(scope="session")
 def small_index_dir(tmp_path_factory):
     """A real index (default embedder, FAISS) over a few stdlib modules, built once a session."""
     from retrieval import build_index, stdlib_documents

@@ -1,13 +1,11 @@
-"""`lookahead-rag index`, `search` and `bench-retrieval` through the real dispatcher."""
+"""`lookahead-rag index` and `search` through the real dispatcher."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import faiss
 import pytest
-import torch
 from retrievalhelpers import DOCS
 
 from pipeline.cli import main
@@ -69,33 +67,3 @@ def test_errors_are_one_line(
     assert err.startswith("error: ")
     assert message in err
     assert "Traceback" not in err
-
-
-@pytest.fixture
-def restore_threads():
-    """`--threads` sets process-wide thread counts; later tests get theirs back."""
-    torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
-    yield
-    torch.set_num_threads(torch_threads)
-    faiss.omp_set_num_threads(faiss_threads)
-
-
-@pytest.mark.usefixtures("restore_threads")
-def test_bench_retrieval_prints_a_table_and_a_json_last_line(capsys) -> None:
-    argv = "bench-retrieval --sizes 2000 --types flat,hnsw --queries 20 --passages 16 --threads 1"
-    assert main(argv.split()) == 0
-    assert torch.get_num_threads() == 1
-    lines = capsys.readouterr().out.strip().splitlines()
-    report = json.loads(lines[-1])
-    embed = report["embed"]
-    assert embed["passages"]["passages"] == embed["short"]["passages"] == 16
-    assert embed["passages"]["mean_tokens"] > embed["short"]["mean_tokens"]
-    assert embed["short"]["passages_per_s"] > 0
-    assert set(report["indexes"]) == {"flat@2000", "hnsw@2000"}
-    hnsw = report["indexes"]["hnsw@2000"]
-    assert hnsw["recall_at_k"] >= 0.9
-    assert hnsw["bytes_per_vector"] > 1536
-    assert report["indexes"]["flat@2000"]["recall_at_k"] == 1.0
-    assert {"p50", "p95"} <= report["query_embed_ms"].keys()
-    assert "end_to_end_hnsw@2000_ms" in report
-    assert any("hnsw@2000" in line for line in lines[:-1])
