@@ -40,6 +40,11 @@ CHROMIUM_FLAGS = (
     "--remote-debugging-address=127.0.0.1",
     "--remote-debugging-port=0",  # Chromium picks one and writes it to DevToolsActivePort
 )
+# On the tests that need Chromium: skipped before any fixture starts (the Serve app included).
+in_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium installed (Debian: apt-get install chromium; .ci/run does)",
+)
 WAIT_MS = 20_000  # any one wait in the browser; the module stays well under a minute
 OVER = re.compile(r"^(done|stopped|failed)$")  # a panel's data-state once its request is over
 QUESTION = "How do I parse a JSON string into a Python object?"
@@ -91,9 +96,6 @@ def test_unknown_static_files_are_404_in_the_apis_error_shape():
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     """One headless Chromium for the module, stopped by PID (with every process it started)."""
-    if CHROMIUM is None:
-        pytest.skip("no Chromium installed (Debian: apt-get install chromium; .ci/run does)")
-
     profile = tmp_path_factory.mktemp("chromium-profile")
     process = subprocess.Popen(
         [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
@@ -171,6 +173,7 @@ def figure(panel, name: str) -> str:
     return panel.locator(f'[data-figure="{name}"]').inner_text()
 
 
+@in_chromium
 def test_an_answer_streams_in_with_its_sources_lookahead_shading_and_a_plain_one_beside_it(
     page, url
 ):
@@ -233,6 +236,7 @@ def test_an_answer_streams_in_with_its_sources_lookahead_shading_and_a_plain_one
     assert passage.text_content() == first["text"]
 
 
+@in_chromium
 def test_the_stop_button_ends_the_stream(page, url):
     page.goto(url)
     ask(page, "Explain every function of the itertools module, one by one.", max_tokens="256")
@@ -250,6 +254,7 @@ def test_the_stop_button_ends_the_stream(page, url):
     assert page.locator("#stop-all").is_disabled()
 
 
+@in_chromium
 def test_a_blank_question_shows_the_apis_error(page, url):
     page.goto(url)
     ask(page, "   ")
@@ -325,6 +330,7 @@ def keyed() -> Iterator[tuple[str, BearerCheck]]:
     assert not thread.is_alive()
 
 
+@in_chromium
 def test_the_page_asks_for_an_api_key_keeps_it_in_memory_and_sends_it_as_a_bearer(page, keyed):
     url, check = keyed
     page.goto(url)  # the page itself needs no key
