@@ -216,7 +216,9 @@ def test_an_answer_streams_in_with_its_sources_lookahead_shading_and_a_plain_one
     assert " of " in figure(lookahead, "accepted")
     # Plain decoding: one token a step, nothing drafted, nothing shaded.
     plain_chunks = chunks(plain)
-    assert {(c["cls"], c["tokens"]) for c in plain_chunks} == {("chunk a0", 1)}
+    assert {(c["cls"], c["tokens"] - c["steps"], c["accepted"]) for c in plain_chunks} == {
+        ("chunk a0", 0, 0)
+    }
     assert figure(plain, "accepted") == "0 of 0 drafted"
     assert figure(plain, "draft-per-step") == "0.0"
     comparison = page.locator("#comparison")
