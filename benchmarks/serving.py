@@ -120,7 +120,7 @@ def _http_once(
     with client.stream("POST", "/v1/rag", json=body) as response:
         response.raise_for_status()
         for payload in sse_payloads(response.iter_lines()):
-            if ttft is None and payload.get("type") == "delta":
+            if ttft is None and payload.get("type") == "delta" and payload["text"]:
                 ttft = time.perf_counter() - t0
             if "error" in payload:
                 raise RuntimeError(payload["error"]["message"])

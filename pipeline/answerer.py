@@ -46,7 +46,18 @@ def source_ref(passage: Any) -> SourceRef:
         title=passage.title,
         source=passage.source,
         score=float(passage.score or 0.0),
+        text=passage.text,
     )
+
+
+def step_delta(chunk: Chunk) -> Delta:
+    """The `Delta` of one decoded step. A step emits its accepted drafted tokens, then one of
+    the model's own; only the last step can be cut short (a stop string, the token budget),
+    and the stats it carries say how many drafted tokens that step accepted."""
+    n_tokens = len(chunk.token_ids)
+    if chunk.stats is None:
+        return Delta(chunk.text, n_tokens, n_tokens - 1)
+    return Delta(chunk.text, n_tokens, min(chunk.stats.accepted[-1], n_tokens))
 
 
 def answer_stats(stats: DecodeStats, lookahead: bool) -> AnswerStats:
@@ -163,7 +174,7 @@ class Answerer:
         answer: list[int] = []
         for chunk in self.generator.stream(prompt.token_ids, config, drafter):
             answer += chunk.token_ids
-            yield Delta(chunk.text, len(chunk.token_ids))
+            yield step_delta(chunk)
             if chunk.finish_reason is not None:
                 if self.ngrams is not None:
                     self.ngrams.record(answer)

@@ -39,12 +39,14 @@ class GenerationJob:
 
 @dataclass(frozen=True)
 class SourceRef:
-    """A passage that went into the prompt."""
+    """A passage that went into the prompt, with its text (as retrieved: one index passage,
+    so its size is bounded by the index's chunking) for clients that show or cite it."""
 
     id: str
     title: str
     source: str
     score: float
+    text: str
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,15 @@ class Started:
 
 @dataclass(frozen=True)
 class Delta:
-    """One decoding step's output: its tokens and the text they release (may be "")."""
+    """One decoding step's output: its tokens and the text they release (may be "").
+
+    A step emits the drafted tokens its forward pass accepted, then one of the model's own;
+    `n_accepted` counts those drafted ones among the `n_tokens` emitted (a stop string or the
+    token budget may cut the last step short, bonus token included)."""
 
     text: str
     n_tokens: int
+    n_accepted: int
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,9 @@ class Renderer(Protocol):
 
 
 class RagRenderer:
-    """`/v1/rag`: events `start` (sources), `delta` (text), `end` (usage, stats)."""
+    """`/v1/rag`: events `start` (sources), `delta` (one per decoding step: its text, tokens
+    and accepted drafted tokens; a step whose text is held back still has one, text ""),
+    `end` (usage, stats)."""
 
     def __init__(self, request_id: str) -> None:
         self.id = request_id
@@ -59,8 +61,13 @@ class RagRenderer:
     def start(self, started: Started) -> list[dict]:
         return [{"type": "start", "id": self.id, "sources": _sources(started)}]
 
-    def delta(self, delta: Delta) -> dict | None:
-        return {"type": "delta", "text": delta.text} if delta.text else None
+    def delta(self, delta: Delta) -> dict:
+        return {
+            "type": "delta",
+            "text": delta.text,
+            "tokens": delta.n_tokens,
+            "accepted_tokens": delta.n_accepted,
+        }
 
     def end(self, answer: Answer) -> list[dict]:
         finished = answer.finished
@@ -177,8 +184,8 @@ class CompletionRenderer(_OpenAIRenderer):
 
 
 def payloads(renderer: Renderer, answer: Answer, event: Event) -> list[dict]:
-    """The stream payloads `event` makes (none for a step whose text is held back); folds the
-    event into `answer`, which the closing payloads summarise."""
+    """The stream payloads `event` makes (none where the renderer skips a step whose text is
+    held back); folds the event into `answer`, which the closing payloads summarise."""
     answer.add(event)
     if isinstance(event, Started):
         return renderer.start(event)

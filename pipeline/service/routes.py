@@ -1,5 +1,6 @@
 """The HTTP API: `/v1/rag`, the OpenAI-compatible `/v1/chat/completions` and `/v1/completions`
-(JSON or server-sent events), `/v1/models`, `/healthz` and `/metrics`, over any `Backend`.
+(JSON or server-sent events), `/v1/models`, `/healthz` and `/metrics`, over any `Backend`; and
+the web page at `/` (`pipeline.service.page`).
 
 The Serve ingress builds it over deployment handles (`pipeline.service.app`); the HTTP layer's
 own tests build it over a stand-in. A generating request is planned (`pipeline.planning`),
@@ -25,6 +26,7 @@ from pipeline.config import Config
 from pipeline.planning import JobRequest, plan_job
 from pipeline.service.errors import ApiError, install_error_handlers
 from pipeline.service.metrics import CONTENT_TYPE, Metrics, Trace
+from pipeline.service.page import router as page_router
 from pipeline.service.rendering import (
     ChatRenderer,
     CompletionRenderer,
@@ -186,6 +188,7 @@ def build_api(
     )
     install_error_handlers(app, _count_error)
     app.include_router(router)
+    app.include_router(page_router)
     return app
 
 

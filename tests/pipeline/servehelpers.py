@@ -337,13 +337,15 @@ class StandIn:
         self.jobs.append(job)
         if self.fail == "start":
             raise BackendUnavailableError("the generator is unavailable: ActorDiedError")
-        sources = tuple(SourceRef(p.id, p.title, p.source, p.score) for p in job.passages[:2])
-        yield Started(7, sources)
-        yield Delta("Use", 1)
-        yield Delta("", 1)  # a step whose text is held back
+        passages = job.passages[:2]
+        yield Started(
+            7, tuple(SourceRef(p.id, p.title, p.source, p.score, p.text) for p in passages)
+        )
+        yield Delta("Use", 1, 0)
+        yield Delta("", 1, 0)  # a step whose text is held back
         if self.fail == "midway":
             raise BackendUnavailableError("the generator is unavailable: ActorDiedError")
-        yield Delta(" json.loads.", 3)
+        yield Delta(" json.loads.", 3, 2)
         yield Finished("stop", 5, AnswerStats(3, 5 / 3, 12, 2, 0.25, job.lookahead))
 
     async def check(self):

@@ -6,7 +6,7 @@ from servehelpers import small_limits_config
 from pipeline.answerer import Answerer
 from pipeline.planning import PlanError
 from pipeline.rag import RagPipeline
-from pipeline.wire import ContextTooLongError, Delta, Finished, GenerationJob, Started
+from pipeline.wire import Answer, ContextTooLongError, Delta, Finished, GenerationJob, Started
 
 QUESTION = "How do I parse a JSON string into a Python object?"
 
@@ -36,8 +36,14 @@ def test_events_come_in_order_with_sources_from_the_index(pipeline):
     started, finished = events[0], events[-1]
     assert 1 <= len(started.sources) <= 3
     assert any(s.title.startswith("json") for s in started.sources)
-    assert sum(e.n_tokens for e in events[1:-1]) == finished.completion_tokens <= 12
-    assert finished.stats.steps == len(events) - 2  # one Delta per decoding step
+    assert all(s.text for s in started.sources)
+    deltas = events[1:-1]
+    assert sum(e.n_tokens for e in deltas) == finished.completion_tokens <= 12
+    assert finished.stats.steps == len(deltas)  # one Delta per decoding step
+    # Every whole step is its accepted drafted tokens and one of the model's own.
+    assert all(e.n_tokens == e.n_accepted + 1 for e in deltas[:-1])
+    assert 0 <= deltas[-1].n_accepted <= deltas[-1].n_tokens
+    assert sum(e.n_accepted for e in deltas) <= finished.stats.accepted_tokens
 
 
 def test_lookahead_is_lossless_and_takes_fewer_steps_than_tokens(pipeline):
@@ -74,8 +80,10 @@ def test_a_question_too_long_for_any_budget_is_a_clear_error(pipeline):
 def test_stop_strings_end_the_answer_before_them(pipeline):
     whole = pipeline.answer(QUESTION, max_tokens=12)
     stop = whole.text.split()[2]
-    cut = pipeline.answer(QUESTION, max_tokens=12, stop=[stop])
+    events = list(pipeline.stream(QUESTION, max_tokens=12, stop=[stop]))
+    cut, last_step = Answer.collect(events), events[-2]
     assert cut.finished.finish_reason == "stop"
+    assert 0 <= last_step.n_accepted <= last_step.n_tokens  # a cut step counts what it emitted
     assert stop not in cut.text
     assert whole.text.startswith(cut.text)
 

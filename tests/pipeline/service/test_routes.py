@@ -86,12 +86,19 @@ def test_streamed_rag_events_end_in_done(client):
     assert response.headers["content-type"].startswith("text/event-stream")
     events = sse_payloads(response.text)
     assert events[0]["type"] == "start"
-    assert [e["text"] for e in events if isinstance(e, dict) and e["type"] == "delta"] == [
-        "Use",
-        " json.loads.",
-    ]
+    assert events[0]["sources"][0] == {
+        "id": "p0",
+        "title": "T0",
+        "source": "stdlib",
+        "score": 1.0,
+        "text": "passage 0",
+    }
+    # One delta per step, the held-back one too, so the token counts add up.
+    deltas = [(e["text"], e["tokens"], e["accepted_tokens"]) for e in events[1:-2]]
+    assert deltas == [("Use", 1, 0), ("", 1, 0), (" json.loads.", 3, 2)]
     assert events[-2]["type"] == "end"
-    assert events[-2]["usage"]["completion_tokens"] == 5
+    assert events[-2]["usage"]["completion_tokens"] == sum(d[1] for d in deltas) == 5
+    assert events[-2]["stats"]["accepted_tokens"] == sum(d[2] for d in deltas)
     assert events[-1] == "[DONE]"
 
 
