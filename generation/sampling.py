@@ -135,4 +135,3 @@ def path_to(draft: Draft, node: int) -> np.ndarray:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
