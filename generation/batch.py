@@ -152,6 +152,10 @@ class BatchDecoder:
     def free(self) -> int:
         return self.max_batch - self.live
 
+    def row_of(self, handle: int) -> int | None:
+        """The cache row of a decoding sequence (None while it waits or is being prefilled)."""
+        return next((s.row for s in self._rows if s.handle == handle), None)
+
     @property
     def busy(self) -> bool:
         return bool(self.live or self._waiting)

@@ -150,3 +150,57 @@ def fixed_engine(model: tf.PreTrainedModel, tokenizer, name: str = "tiny"):
     from generation import LoadedModel, LookaheadConfig, LookaheadGenerator
 
     return LookaheadGenerator(LoadedModel(model, tokenizer, name), LookaheadConfig(draft_size=4))
+
+
+def cheap_costs():
+    """A batch cost surface under which drafting pays (no measuring in tests): t(b, q) grows
+    slowly with the rows b * q."""
+    from generation.step_cost import BatchCosts, StepCostCurve
+
+    return BatchCosts(
+        {
+            b: StepCostCurve(
+                t_ms={q: 10.0 + 0.5 * b + 0.05 * b * q for q in (1, 2, 4, 8, 16, 32)},
+                device="cpu",
+                dtype="float64",
+                model="tiny",
+                threads=1,
+                batch=b,
+            )
+            for b in (1, 2, 4)
+        }
+    )
+
+
+def drive(decoder, arrivals: dict, cancel: dict | None = None, check=None) -> dict:
+    """Step `decoder` until it is idle. `arrivals[step]`: `(key, prompt, config, drafter)` to add
+    before that step; `cancel[step]`: keys to cancel before it; `check(decoder, handles,
+    chunks)` runs after every step. Returns every key's chunks."""
+    cancel = cancel or {}
+    handles, chunks = {}, {}
+    step = 0
+    while decoder.busy or any(s >= step for s in arrivals):
+        for key in cancel.get(step, ()):
+            assert decoder.cancel(handles[key])
+        for key, prompt, config, drafter in arrivals.get(step, ()):
+            handles[key] = decoder.add(prompt, config, drafter)
+            chunks[key] = []
+        keys = {h: k for k, h in handles.items()}
+        for handle, chunk in decoder.step():
+            chunks[keys[handle]].append(chunk)
+        if check is not None:
+            check(decoder, handles, chunks)
+        step += 1
+    return chunks
+
+
+def tokens_of(chunks) -> list[int]:
+    return [t for c in chunks for t in c.token_ids]
+
+
+def eos_model(arch: str, seed: int, prompt: np.ndarray, max_new_tokens: int):
+    """`(model, unstopped answer, eos)`: the seeded tiny model with, as its EOS, the first token
+    of its greedy answer to `prompt` (from the fourth on) not seen earlier in that answer."""
+    unstopped = greedy(tiny_model(arch, seed), prompt, max_new_tokens)
+    k = next(i for i in range(3, max_new_tokens) if unstopped[i] not in unstopped[:i])
+    return tiny_model(arch, seed, eos=int(unstopped[k])), unstopped, int(unstopped[k])

@@ -5,7 +5,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-import transformers as tf
 from genhelpers import VOCAB, tiny_model
 from torch import nn
 

@@ -7,6 +7,7 @@ from genhelpers import (
     VOCAB,
     OracleDrafter,
     PromptLookupDrafter,
+    eos_model,
     fixed_engine,
     greedy,
     tiny_model,
@@ -57,11 +58,10 @@ def test_equals_greedy_for_every_draft_size_and_drafter(case, draft_size):
 def test_eos_inside_an_accepted_chunk(tokenizer, draft_size, hit_rate):
     for seed, arch in enumerate(ARCHITECTURES):
         prompt = prompts(seed=3)[2]
-        unstopped = greedy(tiny_model(arch, seed), prompt, MAX_NEW)
-        k = next(i for i in range(3, MAX_NEW) if unstopped[i] not in unstopped[:i])
-        model = tiny_model(arch, seed, eos=int(unstopped[k]))
+        model, unstopped, eos = eos_model(arch, seed, prompt, MAX_NEW)
         reference = greedy(model, prompt, MAX_NEW)
-        assert len(reference) == k + 1  # transformers stops at the new EOS
+        k = len(reference) - 1
+        assert reference[k] == eos  # transformers stops at the new EOS
         engine = fixed_engine(model, tokenizer, arch)
         drafter = OracleDrafter(np.concatenate([prompt, unstopped]), seed=k, hit_rate=hit_rate)
         config = LookaheadConfig(MAX_NEW, draft_size=draft_size)
