@@ -31,6 +31,7 @@ from benchmarks.generation_speed import (
     Prompt,
     Run,
     add_common_arguments,
+    figure_table,
     find_mismatches,
     read_prompts,
 )
@@ -286,17 +287,7 @@ _COLUMNS = (
 
 
 def format_table(report: dict) -> str:
-    rows = report["per_batch"]
-    columns = [c for c in _COLUMNS if any(c[0] in figures for figures in rows.values())]
-    header = ["B", *(title for _, title, _ in columns)]
-    body = [
-        [b, *(fmt.format(f[key]) if key in f else "-" for key, _, fmt in columns)]
-        for b, f in rows.items()
-    ]
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    lines = [
-        "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in [header, *body]
-    ]
+    lines = figure_table("B", report["per_batch"], _COLUMNS)
     lines.append(f"greedy (transformers generate, one at a time): {report['greedy_tok_s']:.1f} t/s")
     for m in report["mismatches"]:
         lines.append(

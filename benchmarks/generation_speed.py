@@ -353,17 +353,7 @@ _COLUMNS = (
 
 def format_table(report: dict) -> str:
     rows = {**report["per_category"], "overall": report["overall"]}
-    columns = [c for c in _COLUMNS if c[0] in report["overall"]]
-    header = ["category", *(title for _, title, _ in columns)]
-    body = [
-        [name, *(fmt.format(figures[key]) for key, _, fmt in columns)]
-        for name, figures in rows.items()
-    ]
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True))
-        for row in [header, *body]
-    ]
+    lines = figure_table("category", rows, _COLUMNS)
     if "identity" in report:
         lines.append(f"identity: {report['identity']}")
     for m in report["mismatches"]:
@@ -373,3 +363,19 @@ def format_table(report: dict) -> str:
             f"top-2 logit gap {m['logit_gap']:.3g}"
         )
     return "\n".join(lines)
+
+
+def figure_table(label: str, rows: dict[str, dict], columns: tuple) -> list[str]:
+    """Right-aligned text table: one line per row of figures, one column per `(key, title,
+    format)` that some row has ("-" where a row lacks it)."""
+    columns = [c for c in columns if any(c[0] in figures for figures in rows.values())]
+    header = [label, *(title for _, title, _ in columns)]
+    body = [
+        [name, *(fmt.format(f[key]) if key in f else "-" for key, _, fmt in columns)]
+        for name, f in rows.items()
+    ]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    return [
+        "  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True))
+        for row in [header, *body]
+    ]

@@ -42,6 +42,7 @@ import numpy as np
 import redis
 import torch
 
+from benchmarks.local_redis import LocalRedis
 from generation import DEFAULT_MODEL, LookaheadConfig, LookaheadGenerator, load_model
 from trie_store import (
     NgramSync,
@@ -50,7 +51,6 @@ from trie_store import (
     model_namespace,
     store_from_url,
 )
-from benchmarks.local_redis import LocalRedis
 
 MODES = ("plain", "off", "local", "shared")
 PARAPHRASES = (

@@ -150,7 +150,8 @@ class BatchDecoder:
 
     @property
     def free(self) -> int:
-        return self.max_batch - self.live
+        """Sequences that can be added now and still get a row at the next step."""
+        return max(0, self.max_batch - self.live - len(self._waiting))
 
     def row_of(self, handle: int) -> int | None:
         """The cache row of a decoding sequence (None while it waits or is being prefilled)."""
@@ -162,7 +163,7 @@ class BatchDecoder:
 
     def step(self) -> list[tuple[int, Chunk]]:
         """Admit, prefill a chunk, then one decode pass; each decoded sequence's chunk."""
-        while self._waiting and self.free:
+        while self._waiting and self.live < self.max_batch:
             self._prefilling.append(self._waiting.popleft())
         self._prefill()
         return self._decode() if self._rows else []

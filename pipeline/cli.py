@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench-retrieval": ("benchmarks.retrieval_speed", "embedding, index build and search latencies"),
     "bench-steps": ("benchmarks.step_costs", "step-cost curve t(q) of verify passes (BENCH.md)"),
     "bench": ("benchmarks.generation_speed", "greedy vs prompt lookup vs lookahead speed (BENCH.md)"),
-    "bench-batch": ("benchmarks.batch_speed", "sequential vs batched plain vs batched lookahead under load"),
+    "bench-batch": ("benchmarks.batch_speed", "the batched engine under load (BENCH.md)"),
 }
 
 

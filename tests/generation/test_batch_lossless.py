@@ -166,3 +166,18 @@ def test_a_failing_sequence_fails_alone(case):
     assert isinstance(last.error, RuntimeError)
     assert len(chunks["bad"]) == 4
     assert tokens_of(chunks["good"]) == cases[4][1].tolist()
+
+
+def test_free_counts_rows_not_yet_promised(case):
+    _, engine, cases = case
+    decoder = BatchDecoder(engine, max_batch=2)
+    config = LookaheadConfig(5, draft_size=0)
+    assert (decoder.free, decoder.live, decoder.waiting) == (2, 0, 0)
+    for expected_free in (1, 0, 0):
+        decoder.add(cases[1][0], config)
+        assert decoder.free == expected_free
+    decoder.step()
+    assert (decoder.free, decoder.live, decoder.waiting) == (0, 2, 1)
+    while decoder.busy:
+        decoder.step()
+    assert (decoder.free, decoder.live, decoder.waiting) == (2, 0, 0)
