@@ -54,7 +54,9 @@ class Run:
     accepted: list[int] = field(default_factory=list)  # accepted draft tokens per step
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The prompt file, its selection, the model and the lookahead options (shared with
+    `bench-batch`)."""
     parser.add_argument(
         "prompts", type=Path, help="JSONL: {question_id, category, turns} or {id, prompt}"
     )
@@ -67,10 +69,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--methods",
-        help="comma-separated subset of greedy,pld,lookahead (sample for greedy when sampling)",
-    )
-    parser.add_argument(
         "--threads",
         type=int,
         default=len(os.sched_getaffinity(0)),
@@ -82,6 +80,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="lookahead draft size: 'auto' (cost-aware) or a fixed int",
     )
     parser.add_argument("--max-draft-size", type=int, default=LookaheadConfig.max_draft_size)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument(
+        "--methods",
+        help="comma-separated subset of greedy,pld,lookahead (sample for greedy when sampling)",
+    )
     parser.add_argument(
         "--temperature", type=float, default=0.0, help="> 0: every method samples (0: greedy)"
     )
@@ -121,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
     for i, prompt in enumerate(tqdm(prompts, desc="bench", unit="prompt", file=sys.stderr)):
         for method in methods[i % len(methods) :] + methods[: i % len(methods)]:
             runs[method][prompt.id] = _timed(runners[method], prompt.ids, config.max_new_tokens)
-    mismatches = _mismatches(engine, prompts, runs) if {"greedy", "lookahead"} <= set(runs) else []
+    mismatches = []
+    if {"greedy", "lookahead"} <= set(runs):
+        mismatches = find_mismatches(engine.lm.model, prompts, runs["greedy"], runs["lookahead"])
     report = summarise(prompts, runs, mismatches, reference)
     if reference == "sample":
         report["identity"] = "not applicable: sampled outputs are random draws"
@@ -240,27 +248,33 @@ def top2_gap(model: torch.nn.Module, ids: np.ndarray) -> float:
     return float(top[0] - top[1])
 
 
-def _mismatches(
-    engine: LookaheadGenerator, prompts: list[Prompt], runs: dict[str, dict[str, Run]]
+def find_mismatches(
+    model: torch.nn.Module,
+    prompts: list[Prompt],
+    reference: dict[str, Run],
+    candidate: dict[str, Run],
+    name: str = "lookahead",
 ) -> list[dict]:
+    """Prompts whose `candidate` tokens differ from the `reference` (greedy) ones: the first
+    differing position and the reference model's top-2 logit gap there."""
     found = []
     for prompt in prompts:
-        reference, got = runs["greedy"][prompt.id].tokens, runs["lookahead"][prompt.id].tokens
-        if reference == got:
+        want, got = reference[prompt.id].tokens, candidate[prompt.id].tokens
+        if want == got:
             continue
         at = next(
-            (i for i, (a, b) in enumerate(zip(reference, got, strict=False)) if a != b),
-            min(len(reference), len(got)),
+            (i for i, (a, b) in enumerate(zip(want, got, strict=False)) if a != b),
+            min(len(want), len(got)),
         )
-        context = np.concatenate([prompt.ids, np.asarray(reference[:at], dtype=np.int64)])
+        context = np.concatenate([prompt.ids, np.asarray(want[:at], dtype=np.int64)])
         found.append(
             {
                 "id": prompt.id,
                 "category": prompt.category,
                 "position": at,
-                "greedy_token": reference[at] if at < len(reference) else None,
-                "lookahead_token": got[at] if at < len(got) else None,
-                "logit_gap": round(top2_gap(engine.lm.model, context), 6),
+                "greedy_token": want[at] if at < len(want) else None,
+                f"{name}_token": got[at] if at < len(got) else None,
+                "logit_gap": round(top2_gap(model, context), 6),
             }
         )
     return found
@@ -339,17 +353,7 @@ _COLUMNS = (
 
 def format_table(report: dict) -> str:
     rows = {**report["per_category"], "overall": report["overall"]}
-    columns = [c for c in _COLUMNS if c[0] in report["overall"]]
-    header = ["category", *(title for _, title, _ in columns)]
-    body = [
-        [name, *(fmt.format(figures[key]) for key, _, fmt in columns)]
-        for name, figures in rows.items()
-    ]
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True))
-        for row in [header, *body]
-    ]
+    lines = figure_table("category", rows, _COLUMNS)
     if "identity" in report:
         lines.append(f"identity: {report['identity']}")
     for m in report["mismatches"]:
@@ -359,3 +363,19 @@ def format_table(report: dict) -> str:
             f"top-2 logit gap {m['logit_gap']:.3g}"
         )
     return "\n".join(lines)
+
+
+def figure_table(label: str, rows: dict[str, dict], columns: tuple) -> list[str]:
+    """Right-aligned text table: one line per row of figures, one column per `(key, title,
+    format)` that some row has ("-" where a row lacks it)."""
+    columns = [c for c in columns if any(c[0] in figures for figures in rows.values())]
+    header = [label, *(title for _, title, _ in columns)]
+    body = [
+        [name, *(fmt.format(f[key]) if key in f else "-" for key, _, fmt in columns)]
+        for name, f in rows.items()
+    ]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    return [
+        "  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True))
+        for row in [header, *body]
+    ]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "DEFAULT_MODEL": "generation.defaults",
+    "BatchDecoder": "generation.batch",
     "Chunk": "generation.decode",
     "DecodeStats": "generation.decode",
     "GenerationResult": "generation.engine",
@@ -28,6 +29,7 @@ _EXPORTS = {
 
 __all__ = [
     "DEFAULT_MODEL",
+    "BatchDecoder",
     "Chunk",
     "DecodeStats",
     "GenerationResult",
@@ -41,6 +43,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from generation.batch import BatchDecoder
     from generation.decode import Chunk, DecodeStats
     from generation.defaults import DEFAULT_MODEL
     from generation.engine import GenerationResult, LookaheadConfig, LookaheadGenerator

@@ -1,33 +1,40 @@
 """The lookahead decode loop, as a handful of small functions (gpt-fast's `generate.py` style).
 
-prefill -> repeat { draft -> choose its size -> one verify pass over the tree -> accept (greedy,
-or exact sampling) -> keep the accepted KV entries -> show the accepted tokens to the drafter }
-until EOS, a stop string or the token budget. The root of every draft is the last emitted token,
-not yet in the KV cache, so a step with an empty draft is exactly one plain decoding step.
+prefill -> repeat { draft -> calibrate -> choose its size -> one verify pass over the tree ->
+accept (greedy, or exact sampling) -> keep the accepted KV entries -> show the accepted tokens
+to the drafter and the calibration } until EOS, a stop string or the token budget. The root of
+every draft is the last emitted token, not yet in the KV cache, so a step with an empty draft
+is exactly one plain decoding step.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from generation.accept import GREEDY, AcceptRule
+from generation.budget import choose_draft_size
+from generation.calibration import Calibrator
 from generation.stopping import StopScanner
-from generation.verify import keep_accepted_kv, verify_forward
+from generation.verify import keep_accepted_kv, prefill, verify_forward
 from trie_store.draft import Draft, Drafter
+
+if TYPE_CHECKING:
+    from generation.step_cost import StepCostCurve
 
 
 @dataclass(frozen=True)
 class DraftPolicy:
-    """How many nodes to ask the drafter for, and how many of its draft to verify."""
+    """How many nodes to ask the drafter for; `fixed` verifies that many, None lets the cost
+    model choose each step (goodput: `generation.budget`)."""
 
     max_nodes: int
-    choose: Callable[[Draft], int]
+    fixed: int | None = None
 
 
 @dataclass
@@ -61,19 +68,9 @@ class Chunk:
 
     token_ids: list[int]
     text: str
-    finish_reason: str | None = None  # "eos", "stop" or "length" on the last chunk
+    finish_reason: str | None = None  # "eos", "stop", "length" or "error" on the last chunk
     stats: DecodeStats | None = None  # on the last chunk
-
-
-@torch.inference_mode()
-def prefill(model: PreTrainedModel, ids: np.ndarray) -> DynamicCache:
-    """A cache holding exactly `ids` (the decode loop gives every prompt token but the last:
-    that one is the root of the first draft)."""
-    cache = DynamicCache(config=model.config)
-    if len(ids):
-        input_ids = torch.from_numpy(ids).to(model.device).unsqueeze(0)
-        model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
-    return cache
+    error: Exception | None = None  # what failed this sequence alone ("error", batches only)
 
 
 def clip_depth(draft: Draft, max_depth: int) -> Draft:
@@ -87,47 +84,86 @@ def clip_depth(draft: Draft, max_depth: int) -> Draft:
     return Draft(draft.tokens[keep], parent, draft.depth[keep], draft.scores[keep])
 
 
-def decode(
-    model: PreTrainedModel,
-    prompt: np.ndarray,
-    drafter: Drafter,
-    policy: DraftPolicy,
-    scanner: StopScanner,
-    max_new_tokens: int,
-    rule: AcceptRule = GREEDY,
-) -> Iterator[Chunk]:
-    """Yield one chunk per step until EOS, a stop string or `max_new_tokens`."""
-    stats = DecodeStats(prompt_tokens=len(prompt))
-    context = np.empty(len(prompt) + max_new_tokens, dtype=np.int64)
-    context[: len(prompt)] = prompt
-    n = len(prompt)
-    t0 = time.perf_counter()
-    cache = prefill(model, prompt[:-1])
-    stats.prefill_s = time.perf_counter() - t0
-    while True:
-        t0 = time.perf_counter()
-        draft = clip_depth(drafter.draft(context[:n], policy.max_nodes), len(context) - n - 1)
-        draft = draft.truncate(policy.choose(draft))
-        t1 = time.perf_counter()
-        verified = rule.verified(verify_forward(model, cache, draft, n - 1))
-        t2 = time.perf_counter()
-        nodes, tokens = rule.accept(draft, verified, context[:n])
-        keep_accepted_kv(cache, n - 1, nodes)
-        cut = scanner.scan(tokens)
+class Request:
+    """One sequence being decoded: its context, drafter, calibration, stop scan and stats.
+
+    The single-request loop (`decode`) and the batch (`generation.batch`) run the same steps:
+    `draft` (drafted, clipped to the token budget, calibrated), then, after a verify pass,
+    `settle` (accept, stop scan, show the drafter and the calibration what was accepted).
+    """
+
+    def __init__(
+        self,
+        prompt: np.ndarray,
+        drafter: Drafter,
+        policy: DraftPolicy,
+        scanner: StopScanner,
+        max_new_tokens: int,
+        rule: AcceptRule = GREEDY,
+    ) -> None:
+        self.drafter, self.policy, self.scanner, self.rule = drafter, policy, scanner, rule
+        self.context = np.empty(len(prompt) + max_new_tokens, dtype=np.int64)
+        self.context[: len(prompt)] = prompt
+        self.n = len(prompt)
+        self.calibrator = Calibrator()
+        self.stats = DecodeStats(prompt_tokens=len(prompt))
+
+    @property
+    def cached(self) -> int:
+        """Tokens in the KV cache: all but the newest, the root of the next draft."""
+        return self.n - 1
+
+    def draft(self) -> Draft:
+        """This step's draft, best first by calibrated score, before its size is chosen."""
+        draft = self.drafter.draft(self.context[: self.n], self.policy.max_nodes)
+        return self.calibrator.rescore(clip_depth(draft, len(self.context) - self.n - 1))
+
+    def settle(self, draft: Draft, verified: object) -> tuple[np.ndarray, Chunk]:
+        """The nodes whose KV entries stay, and the chunk this step emits."""
+        nodes, tokens = self.rule.accept(draft, verified, self.context[: self.n])
+        self.calibrator.observe(draft, nodes)
+        cut = self.scanner.scan(tokens)
         emitted = tokens[: cut.n_tokens]
-        context[n : n + len(emitted)] = emitted
-        n += len(emitted)
-        reason = cut.reason or ("length" if n == len(context) else None)
-        drafter.observe(emitted)
-        text = cut.text + scanner.flush() if reason == "length" else cut.text
+        self.context[self.n : self.n + len(emitted)] = emitted
+        self.n += len(emitted)
+        reason = cut.reason or ("length" if self.n == len(self.context) else None)
+        self.drafter.observe(emitted)
+        text = cut.text + self.scanner.flush() if reason == "length" else cut.text
+        stats = self.stats
         stats.steps += 1
         stats.tokens += len(emitted)
         stats.draft_sizes.append(draft.size)
         stats.accepted.append(len(nodes) - 1)
+        if reason is not None:
+            return nodes, Chunk(emitted.tolist(), text, reason, stats)
+        return nodes, Chunk(emitted.tolist(), text)
+
+
+def decode(
+    model: PreTrainedModel, request: Request, curve: StepCostCurve | None = None
+) -> Iterator[Chunk]:
+    """Yield one chunk per step until EOS, a stop string or the token budget; `curve` (t(q))
+    chooses each draft's size unless the policy fixes it."""
+    stats, policy = request.stats, request.policy
+    t0 = time.perf_counter()
+    cache = prefill(model, request.context[: request.cached])
+    stats.prefill_s = time.perf_counter() - t0
+    while True:
+        t0 = time.perf_counter()
+        draft = request.draft()
+        if policy.fixed is not None:
+            draft = draft.truncate(policy.fixed)
+        else:
+            draft = draft.truncate(choose_draft_size(draft, curve, policy.max_nodes))
+        t1 = time.perf_counter()
+        past_len = request.cached
+        verified = request.rule.verified(verify_forward(model, cache, draft, past_len))
+        t2 = time.perf_counter()
+        nodes, chunk = request.settle(draft, verified)
+        keep_accepted_kv(cache, past_len, nodes)
         stats.draft_s += t1 - t0
         stats.forward_s += t2 - t1
         stats.accept_s += time.perf_counter() - t2
-        if reason is not None:
-            yield Chunk(emitted.tolist(), text, reason, stats)
+        yield chunk
+        if chunk.finish_reason is not None:
             return
-        yield Chunk(emitted.tolist(), text)

@@ -8,15 +8,13 @@ sampling settings, a sample from exactly the distribution plain sampling draws f
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
-from generation.budget import choose_draft_size
-from generation.decode import Chunk, DecodeStats, DraftPolicy, decode
+from generation.decode import Chunk, DecodeStats, DraftPolicy, Request, decode
 from generation.defaults import DEFAULT_MODEL, MAX_DRAFT_SIZE
 from generation.detokenize import IncrementalDetokenizer
 from generation.models import LoadedModel, load_model
@@ -149,6 +147,17 @@ class LookaheadGenerator:
         Input is checked here, before the first chunk is asked for. Without a drafter, one is
         seeded from the prompt (the RAG service passes one seeded from its passages too).
         """
+        request = self.request(prompt, config, drafter)
+        curve = self.step_costs() if request.policy.fixed is None else None
+        return decode(self.lm.model, request, curve)
+
+    def request(
+        self,
+        prompt: PromptInput,
+        config: LookaheadConfig | None = None,
+        drafter: Drafter | None = None,
+    ) -> Request:
+        """A checked prompt with everything its decoding needs (`stream`, or a batch's `add`)."""
         config = config or self.config
         ids = self.encode(prompt)
         if self.context_window is not None and len(ids) + config.max_new_tokens > (
@@ -165,11 +174,10 @@ class LookaheadGenerator:
             frozenset() if config.ignore_eos else self.eos_ids,
             config.stop,
         )
-        return decode(
-            self.lm.model,
+        return Request(
             ids,
             drafter if drafter is not None else default_drafter(ids),
-            self._policy(config),
+            policy(config),
             scanner,
             config.max_new_tokens,
             config.sampling.rule(),
@@ -190,17 +198,6 @@ class LookaheadGenerator:
             stats=last.stats,
         )
 
-    def _policy(self, config: LookaheadConfig) -> DraftPolicy:
-        if config.draft_size != "auto":
-            size = config.draft_size
-            return DraftPolicy(max_nodes=size, choose=lambda _: size)
-        return DraftPolicy(
-            max_nodes=config.max_draft_size,
-            choose=functools.partial(
-                choose_draft_size, curve=self.step_costs(), max_size=config.max_draft_size
-            ),
-        )
-
     def _check_ids(self, ids: np.ndarray) -> np.ndarray:
         if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(f"prompt ids must be a non-empty 1-D integer sequence, got {ids!r}")
@@ -210,6 +207,14 @@ class LookaheadGenerator:
                 f"got min {ids.min()}, max {ids.max()}"
             )
         return ids.astype(np.int64)
+
+
+def policy(config: LookaheadConfig) -> DraftPolicy:
+    """A fixed draft size verifies that many nodes; "auto" drafts the most and lets the cost
+    model choose."""
+    if config.draft_size == "auto":
+        return DraftPolicy(max_nodes=config.max_draft_size)
+    return DraftPolicy(max_nodes=config.draft_size, fixed=config.draft_size)
 
 
 def context_window(config) -> int | None:

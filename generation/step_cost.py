@@ -5,6 +5,11 @@ Drafting pays only when the tokens a step is expected to yield grow faster than 
 engine measures t(q) once per model, device, dtype and thread count, the way it runs its steps
 (a tree-shaped draft through `verify_forward` over a cache of a few hundred tokens, the argmax
 on the host, then `keep_accepted_kv`), and keeps it as JSON beside the converted models.
+
+The batched engine's cost is a surface t(b, q): b sequences, each with its own cache of that
+context and its tree padded to q rows, in one pass of `forward_blocks`. It is measured and
+cached the same way, one curve per b (powers of two up to the largest batch), and
+interpolated between them (`BatchCosts`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,14 +28,17 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from generation.decode import prefill
+from generation.batch_cache import BatchKVCache
+from generation.batch_verify import Block, forward_blocks, prefill_row
 from generation.models import LoadedModel, cache_dir
-from generation.verify import keep_accepted_kv, verify_forward
+from generation.verify import keep_accepted_kv, prefill, verify_forward
 from trie_store.draft import Draft
 
 QS = (1, 2, 4, 8, 16, 32, 64)
 STARTUP_QS = (1, 2, 4, 8, 16, 32)  # beyond 32: the last slope
 CONTEXT_LEN = 700
+GRID_ROWS = 128  # a batched start-up curve stops at b * q <= this (beyond: the last slope)
+PREFILL_CHUNK = 256
 # Bump when the verify pass changes how fast it runs, so cached curves are measured again.
 CURVE_VERSION = 1
 
@@ -111,6 +119,32 @@ def _one_step_ms(lm: LoadedModel, cache: DynamicCache, draft: Draft, past_len: i
     return elapsed
 
 
+def _batch_step_ms(lm: LoadedModel, cache: BatchKVCache, draft: Draft, batch: int) -> float:
+    """`_one_step_ms` for `batch` rows verifying trees of `draft`'s shape in one pass."""
+    past_len = cache.lengths[:batch].copy()
+    _synchronize(lm.device)
+    t0 = time.perf_counter()
+    logits = forward_blocks(lm.model, cache, slice(0, batch), [Block.of_draft(draft)] * batch)
+    logits.argmax(dim=-1).cpu()
+    cache.keep(range(batch), [np.arange(min(2, len(draft)))] * batch)
+    elapsed = (time.perf_counter() - t0) * 1e3
+    cache.lengths[:batch] = past_len
+    return elapsed
+
+
+def _stepper(lm: LoadedModel, context: np.ndarray, batch: int | None) -> Callable[[Draft], float]:
+    """A timed step over `context`: the single-request engine's (`batch` None) or the batched
+    engine's with `batch` rows, each holding its own copy of `context`."""
+    if batch is None:
+        single = prefill(lm.model, context)
+        return lambda draft: _one_step_ms(lm, single, draft, len(context))
+    rows = BatchKVCache(lm.model, batch)
+    prefill_row(lm.model, rows, 0, context, PREFILL_CHUNK)
+    for row in range(1, batch):
+        rows.copy_row(0, row)
+    return lambda draft: _batch_step_ms(lm, rows, draft, batch)
+
+
 def sample_step_costs(
     lms: Sequence[LoadedModel],
     qs: Sequence[int] = QS,
@@ -118,9 +152,11 @@ def sample_step_costs(
     repeats: int = 9,
     warmup: int = 2,
     seed: int = 0,
+    batch: int | None = None,
 ) -> list[dict[int, list[float]]]:
     """Per model, `repeats` step times (ms) for each `q`, interleaved round by round over the
-    models and the `qs`, so that a noisy neighbour slows every one alike."""
+    models and the `qs`, so that a noisy neighbour slows every one alike; `batch`: the batched
+    engine's steps over that many sequences (None: the single-request engine's)."""
     qs = sorted({int(q) for q in qs})
     if not qs or qs[0] < 1:
         raise ValueError(f"qs must be positive token counts, got {qs}")
@@ -135,20 +171,20 @@ def sample_step_costs(
     rng = np.random.default_rng(seed)
     vocab = min(lm.model.get_input_embeddings().num_embeddings for lm in lms)
     context = rng.integers(0, vocab, context_len)
-    caches = [prefill(lm.model, context) for lm in lms]
+    steppers = [_stepper(lm, context, batch) for lm in lms]
     samples: list[dict[int, list[float]]] = [{q: [] for q in qs} for _ in lms]
     for round_ in range(warmup + repeats):
         for q in qs:
             draft = tree_draft(q, rng, vocab)
-            for lm, cache, times in zip(lms, caches, samples, strict=True):
-                ms = _one_step_ms(lm, cache, draft, context_len)
+            for step, times in zip(steppers, samples, strict=True):
+                ms = step(draft)
                 if round_ >= warmup:
                     times[q].append(ms)
     return samples
 
 
 def curve_from_samples(
-    lm: LoadedModel, samples: dict[int, list[float]], context_len: int
+    lm: LoadedModel, samples: dict[int, list[float]], context_len: int, batch: int = 1
 ) -> StepCostCurve:
     return StepCostCurve(
         t_ms={q: statistics.median(v) for q, v in samples.items()},
@@ -156,6 +192,7 @@ def curve_from_samples(
         dtype=str(lm.dtype).removeprefix("torch."),
         model=lm.name,
         threads=torch.get_num_threads(),
+        batch=batch,
         context_len=context_len,
     )
 
@@ -167,14 +204,16 @@ def measure_step_costs(
     repeats: int = 9,
     warmup: int = 2,
     seed: int = 0,
+    batch: int | None = None,
 ) -> StepCostCurve:
     """The median step time of each `q` (see `sample_step_costs`)."""
-    samples = sample_step_costs([lm], qs, context_len, repeats, warmup, seed)[0]
-    return curve_from_samples(lm, samples, context_len)
+    samples = sample_step_costs([lm], qs, context_len, repeats, warmup, seed, batch)[0]
+    return curve_from_samples(lm, samples, context_len, batch or 1)
 
 
-def curve_path(lm: LoadedModel) -> Path:
-    """One file per model, device, dtype, thread count, speed-ups and torch version."""
+def curve_path(lm: LoadedModel, batch: int | None = None) -> Path:
+    """One file per model, device, dtype, thread count, speed-ups, torch version and engine
+    (`batch`: the batched engine at that many sequences; None: the single-request one)."""
     key = "|".join(
         map(
             str,
@@ -186,6 +225,7 @@ def curve_path(lm: LoadedModel) -> Path:
                 ",".join(lm.speedups),
                 torch.__version__,
                 CURVE_VERSION,
+                *(() if batch is None else (f"batch={batch}",)),
             ),
         )
     )
@@ -194,20 +234,61 @@ def curve_path(lm: LoadedModel) -> Path:
     return cache_dir() / "step_costs" / f"{stem}-{digest}.json"
 
 
-def load_or_measure(lm: LoadedModel) -> StepCostCurve:
-    """The cached curve of this set-up, or a short measurement (~1-2 s here) saved for next time.
+def load_or_measure(lm: LoadedModel, batch: int | None = None) -> StepCostCurve:
+    """The cached curve of this set-up, or a short measurement (~1-2 s here per curve) saved for
+    next time; `batch` as in `curve_path`.
 
     A corrupt or unreadable cache file is measured again, never trusted.
     """
-    path = curve_path(lm)
+    path = curve_path(lm, batch)
     try:
         return StepCostCurve.from_json(path.read_text())
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    curve = measure_step_costs(lm, qs=STARTUP_QS, repeats=3, warmup=1)
+    qs = STARTUP_QS if batch is None else batch_qs(batch)
+    curve = measure_step_costs(lm, qs=qs, repeats=3, warmup=1, batch=batch)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written beside and renamed: concurrent start-ups never read a half-written file.
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
         f.write(curve.to_json())
     os.replace(f.name, path)
     return curve
+
+
+def batch_qs(batch: int) -> list[int]:
+    """The start-up `q`s of a batched curve: `b * q <= GRID_ROWS`, and at least 1 and 2."""
+    return [q for q in STARTUP_QS if q <= 2 or batch * q <= GRID_ROWS]
+
+
+def batch_sizes(max_batch: int) -> list[int]:
+    """The `b`s measured for a batch of up to `max_batch`: powers of two, and `max_batch`."""
+    sizes = [b for b in (1 << i for i in range(max_batch.bit_length())) if b < max_batch]
+    return [*sizes, max_batch]
+
+
+class BatchCosts:
+    """t(b, q) in ms from one measured curve per batch size: linear in `q` within a curve (the
+    last slope beyond it), linear in `b` between curves (the last two curves' slope beyond)."""
+
+    def __init__(self, curves: dict[int, StepCostCurve]) -> None:
+        if not curves or min(curves) < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {sorted(curves)}")
+        self.curves = dict(sorted(curves.items()))
+        self._sizes = np.array(list(self.curves))
+
+    def times(self, batch: int, qs: np.ndarray) -> np.ndarray:
+        """t(batch, q) for an array of `q`."""
+        if batch in self.curves:
+            return self.curves[batch].times(qs)
+        sizes = self._sizes
+        if len(sizes) == 1 or batch < sizes[0]:
+            return self.curves[int(sizes[0])].times(qs)
+        at = min(int(np.searchsorted(sizes, batch)), len(sizes) - 1)
+        lo, hi = int(sizes[at - 1]), int(sizes[at])
+        t_lo, t_hi = self.curves[lo].times(qs), self.curves[hi].times(qs)
+        return t_lo + np.maximum(t_hi - t_lo, 0.0) * (batch - lo) / (hi - lo)
+
+
+def load_batch_costs(lm: LoadedModel, max_batch: int) -> BatchCosts:
+    """The batched engine's cost surface up to `max_batch` sequences (cached per curve)."""
+    return BatchCosts({b: load_or_measure(lm, batch=b) for b in batch_sizes(max_batch)})

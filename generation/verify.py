@@ -12,8 +12,21 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
+from generation.batch_cache import BatchKVCache
+from generation.batch_verify import Block, forward_blocks, prefill_row
 from generation.models import UnsupportedModelError
 from trie_store.draft import Draft, ancestor_mask
+
+
+@torch.inference_mode()
+def prefill(model: PreTrainedModel, ids: np.ndarray) -> DynamicCache:
+    """A cache holding exactly `ids` (the decode loop gives every prompt token but the last:
+    that one is the root of the first draft)."""
+    cache = DynamicCache(config=model.config)
+    if len(ids):
+        input_ids = torch.from_numpy(ids).to(model.device).unsqueeze(0)
+        model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
+    return cache
 
 
 def tree_attention_mask(
@@ -138,39 +151,82 @@ _PROBE_TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-3}
 _PROBE_TOLERANCE_HALF = 5e-2
 
 
-@torch.inference_mode()
-def check_tree_attention(model: PreTrainedModel) -> None:
-    """Raise UnsupportedModelError unless a tiny draft tree gets the logits plain decoding gets.
+# The probe's draft below a cached prefix ending at `start`: the true path (nodes 0, 2, 4, 5)
+# interleaved with wrong siblings, so a model that ignores the mask or the positions gives
+# different logits on it.
+_PROBE_PATH = np.array([0, 2, 4, 5])
+_PROBE_ROWS = (4, 1, 6)  # cached tokens per row of the batched probe: rows of unequal length
 
-    Architecture lists go stale; a probe does not. Eight tokens: four cached, then a tree whose
-    true path (three nodes) is interleaved with wrong siblings, so a model that ignores the mask,
-    or the position ids, gives different logits on the true path.
-    """
-    vocab = model.get_input_embeddings().num_embeddings
-    ids = (torch.arange(8, device=model.device) * 7919 + 11) % vocab
-    true = ids.cpu().numpy()
-    wrong = (true + 1) % vocab
-    draft = Draft(
-        tokens=np.array([true[4], wrong[5], true[5], wrong[6], true[6], true[7]], dtype=np.int64),
+
+def _probe_draft(true: np.ndarray, wrong: np.ndarray, start: int) -> Draft:
+    t, w = true[start:], wrong[start:]
+    return Draft(
+        tokens=np.array([t[0], w[1], t[1], w[2], t[2], t[3]], dtype=np.int64),
         parent=np.array([-1, 0, 0, 1, 2, 4], dtype=np.int32),
         depth=np.array([0, 1, 1, 2, 2, 3], dtype=np.int32),
         scores=np.array([1.0, 0.9, 0.8, 0.7, 0.6, 0.5]),
     )
+
+
+@torch.inference_mode()
+def check_tree_attention(model: PreTrainedModel) -> None:
+    """Raise UnsupportedModelError unless draft trees get the logits plain decoding gets, alone
+    and in a batch.
+
+    Architecture lists go stale; a probe does not. Twelve tokens; alone: four cached, then a
+    tree; batched: three rows with 4, 1 and 6 cached tokens (prefilled in chunks), each with
+    such a tree, one of them cut short so that it is padded, in one pass.
+    """
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = (torch.arange(12, device=model.device) * 7919 + 11) % vocab
+    true = ids.cpu().numpy()
+    wrong = (true + 1) % vocab
     name = type(model).__name__
     try:
-        reference = model(input_ids=ids.unsqueeze(0)).logits[0, 4:].float()
+        reference = model(input_ids=ids.unsqueeze(0)).logits[0].float()
         cache = DynamicCache(config=model.config)
         model(input_ids=ids[:4].unsqueeze(0), cache=cache, use_cache=True)
-        tree = verify_forward(model, cache, draft, past_len=4)[[0, 2, 4, 5]].float()
+        draft = _probe_draft(true, wrong, 4)
+        alone = verify_forward(model, cache, draft, past_len=4)[_PROBE_PATH].float()
+        batch = _batched_probe(model, true, wrong)
     except Exception as exc:
         raise UnsupportedModelError(
             f"{name} failed on a draft tree with a custom 4D attention mask "
             f"({type(exc).__name__}: {exc}); lookahead decoding needs transformers' 4D-mask support"
         ) from exc
-    error = ((tree - reference).abs().max() / reference.std().clamp_min(1e-6)).item()
-    if error > _PROBE_TOLERANCE.get(model.dtype, _PROBE_TOLERANCE_HALF):
+    tolerance = _PROBE_TOLERANCE.get(model.dtype, _PROBE_TOLERANCE_HALF)
+    scale = reference.std().clamp_min(1e-6)
+    if ((alone - reference[4:8]).abs().max() / scale).item() > tolerance:
         raise UnsupportedModelError(
             f"{name} ignores the custom 4D attention mask or position ids: draft-tree logits "
-            f"differ from plain decoding by {error:.3g} (relative); lookahead decoding would not "
-            f"be lossless"
+            f"differ from plain decoding; lookahead decoding would not be lossless"
         )
+    for start, logits, depth in batch:
+        error = ((logits - reference[start + depth]).abs().max() / scale).item()
+        if error > tolerance:
+            raise UnsupportedModelError(
+                f"{name} gives other logits to draft trees batched in rows of different lengths "
+                f"(per-row position ids and 4D mask) than to plain decoding ({error:.3g}, "
+                f"relative); batched lookahead decoding would not be lossless"
+            )
+
+
+def _batched_probe(
+    model: PreTrainedModel, true: np.ndarray, wrong: np.ndarray
+) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Per row: its cached length, the true path's logits, and their depths."""
+    cache = BatchKVCache(model, len(_PROBE_ROWS))
+    drafts = []
+    for row, start in enumerate(_PROBE_ROWS):
+        prefill_row(model, cache, row, true[:start], chunk=3)
+        drafts.append(_probe_draft(true, wrong, start))
+    drafts[1] = drafts[1].truncate(2)  # padded to the others' six nodes
+    logits = forward_blocks(
+        model, cache, slice(0, len(drafts)), [Block.of_draft(d) for d in drafts]
+    )
+    out = []
+    for row, (start, draft) in enumerate(zip(_PROBE_ROWS, drafts, strict=True)):
+        path = _PROBE_PATH[len(draft) > _PROBE_PATH]
+        depth = torch.from_numpy(draft.depth[path].astype(np.int64)).to(logits.device)
+        out.append((start, logits[row, path].float(), depth))
+    return out

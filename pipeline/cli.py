@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench-retrieval": ("benchmarks.retrieval_speed", "embedding, index build, search latencies"),
     "bench-serve": ("benchmarks.serving", "serving benchmark: HTTP overhead, load, lookahead"),
     "bench-warm": ("benchmarks.warm_service", "warm service: shared n-grams off/local/shared"),
+    "bench-batch": ("benchmarks.batch_speed", "the batched engine under load: B sequences at once"),
 }
 
 

@@ -150,3 +150,94 @@ def fixed_engine(model: tf.PreTrainedModel, tokenizer, name: str = "tiny"):
     from generation import LoadedModel, LookaheadConfig, LookaheadGenerator
 
     return LookaheadGenerator(LoadedModel(model, tokenizer, name), LookaheadConfig(draft_size=4))
+
+
+def cheap_costs():
+    """A batch cost surface under which drafting pays (no measuring in tests): t(b, q) grows
+    slowly with the rows b * q."""
+    from generation.step_cost import BatchCosts, StepCostCurve
+
+    return BatchCosts(
+        {
+            b: StepCostCurve(
+                t_ms={q: 10.0 + 0.5 * b + 0.05 * b * q for q in (1, 2, 4, 8, 16, 32)},
+                device="cpu",
+                dtype="float64",
+                model="tiny",
+                threads=1,
+                batch=b,
+            )
+            for b in (1, 2, 4)
+        }
+    )
+
+
+def drive(decoder, arrivals: dict, cancel: dict | None = None, check=None) -> dict:
+    """Step `decoder` until it is idle. `arrivals[step]`: `(key, prompt, config, drafter)` to add
+    before that step; `cancel[step]`: keys to cancel before it; `check(decoder, handles,
+    chunks)` runs after every step. Returns every key's chunks."""
+    cancel = cancel or {}
+    handles, chunks = {}, {}
+    step = 0
+    while decoder.busy or any(s >= step for s in arrivals):
+        for key in cancel.get(step, ()):
+            assert decoder.cancel(handles[key])
+        for key, prompt, config, drafter in arrivals.get(step, ()):
+            handles[key] = decoder.add(prompt, config, drafter)
+            chunks[key] = []
+        keys = {h: k for k, h in handles.items()}
+        for handle, chunk in decoder.step():
+            chunks[keys[handle]].append(chunk)
+        if check is not None:
+            check(decoder, handles, chunks)
+        step += 1
+    return chunks
+
+
+def tokens_of(chunks) -> list[int]:
+    return [t for c in chunks for t in c.token_ids]
+
+
+def eos_model(arch: str, seed: int, prompt: np.ndarray, max_new_tokens: int):
+    """`(model, unstopped answer, eos)`: the seeded tiny model with, as its EOS, the first token
+    of its greedy answer to `prompt` (from the fourth on) not seen earlier in that answer."""
+    unstopped = greedy(tiny_model(arch, seed), prompt, max_new_tokens)
+    k = next(i for i in range(3, max_new_tokens) if unstopped[i] not in unstopped[:i])
+    return tiny_model(arch, seed, eos=int(unstopped[k])), unstopped, int(unstopped[k])
+
+
+def sequential_logits(model, context: np.ndarray, draft: Draft) -> torch.Tensor:
+    """Each node's logits from a plain forward over the context plus the node's own path."""
+    rows = []
+    for i in range(len(draft)):
+        path = []
+        while i >= 0:
+            path.append(int(draft.tokens[i]))
+            i = int(draft.parent[i])
+        ids = np.concatenate([context, path[::-1]])
+        rows.append(model(input_ids=torch.from_numpy(ids).unsqueeze(0)).logits[0, -1])
+    return torch.stack(rows)
+
+
+def path_to(draft: Draft, node: int) -> np.ndarray:
+    path = [node]
+    while draft.parent[path[-1]] >= 0:
+        path.append(int(draft.parent[path[-1]]))
+    return np.array(sorted(path), dtype=np.int64)
+
+
+def seen_once(depth: int) -> Draft:
+    """A chain the trie saw once: scores 1/2, 1/4, 1/8, ..."""
+    d = chain(list(range(1, depth + 1)), root=0)
+    return Draft(
+        d.tokens, d.parent, d.depth, np.concatenate([[1.0], 0.5 ** np.arange(1, depth + 1)])
+    )
+
+
+def first_stop(tokenizer, tokens: np.ndarray, stop: str) -> int:
+    """Tokens up to the one whose text completes `stop` (plain decoding's stop point)."""
+    return next(
+        i + 1
+        for i in range(len(tokens))
+        if stop in tokenizer.decode(tokens[: i + 1], skip_special_tokens=True)
+    )

@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
+from genhelpers import seen_once
 from hypothesis import given
 from hypothesis import strategies as st
 
-from generation.budget import choose_draft_size
-from generation.step_cost import StepCostCurve
+from generation.budget import choose_draft_size, choose_rows
+from generation.step_cost import BatchCosts, StepCostCurve
 from trie_store.draft import Draft
 
 
@@ -83,3 +84,20 @@ def test_choice_is_the_exhaustive_best(scores, max_size, times):
     rates = [(1 + out[j]) / cost.time(j + 1) for j in range(min(max_size, draft.size) + 1)]
     assert rates[k] == pytest.approx(max(rates), rel=1e-12)
     assert rates[k] >= rates[0]  # never worse than the plain step by the model's own measure
+
+
+def test_joint_choice_shrinks_drafts_as_the_batch_grows():
+    costs = BatchCosts(
+        {
+            b: StepCostCurve(
+                {q: 20.0 + 6.0 * b * q for q in (1, 2, 4, 8, 16)}, "cpu", "float32", "m", 2, batch=b
+            )
+            for b in (1, 2, 4, 8)
+        }
+    )  # fmt: skip: weights streamed once a pass, then every row costs the same
+    good = seen_once(8).expected_accepted()
+    for b, want in ((1, True), (8, False)):
+        q = choose_rows([good] * b, lambda qs, b=b: costs.times(b, qs))
+        assert (q > 1) == want
+    # a fixed draft size sets a floor; sequences with short drafts pad to it
+    assert choose_rows([np.zeros(1), good], lambda qs: costs.times(2, qs), floor=5) >= 5

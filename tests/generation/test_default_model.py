@@ -1,9 +1,15 @@
 """The real default model (float32): lookahead equals plain greedy on RAG-style prompts."""
 
+import numpy as np
 import pytest
 import torch
+from genhelpers import drive, tokens_of
 
 from generation import LookaheadConfig, LookaheadGenerator, load_model
+from generation.batch import BatchDecoder
+from generation.gqa_attention import NAME as SDPA_GQA
+from generation.verify import keep_accepted_kv, prefill, verify_forward
+from trie_store.draft import Draft
 
 PASSAGE = (
     "The Amazon rainforest covers much of the Amazon basin of South America. The basin "
@@ -43,3 +49,77 @@ def test_equals_greedy_on_rag_prompts(engine, question):
     text = engine.lm.tokenizer.decode(reference, skip_special_tokens=True)
     assert result.text == text
     assert result.stats.tokens_per_step > 1.0  # the passage is there to be copied
+
+
+PROMPTS = [
+    "Passage: The Amazon River in South America is the largest river by discharge volume of "
+    "water in the world. Question: Which river has the largest discharge?",
+    "Summarise in one sentence: The committee met on Tuesday to discuss the budget. After a "
+    "long debate, members agreed to raise funding for schools and to cut road maintenance.",
+]
+
+
+@pytest.mark.slow
+def test_real_model_float32_greedy_identity():
+    """The default model with the speed-ups: generate() gives stock transformers' tokens, and a
+    16-node tree holding the greedy answer (among decoys) verifies to those same tokens."""
+    fast, stock = load_model(), load_model(fast_kernels=False)
+    assert fast.speedups == ("packed_linear", SDPA_GQA)
+    for text in PROMPTS:
+        ids = fast.tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt"
+        )
+        ids = ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
+        answers = [
+            lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                              max_new_tokens=32)[0, ids.shape[1]:].numpy()
+            for lm in (fast, stock)
+        ]  # fmt: skip
+        np.testing.assert_array_equal(answers[0], answers[1])
+        full = np.concatenate([ids[0].numpy(), answers[0]])
+        cache = prefill(fast.model, full[: ids.shape[1] - 1])
+        n = ids.shape[1] - 1  # cached tokens; full[n] is the root
+        while n + 16 <= len(full):
+            # the true branch (8 nodes) after a decoy branch, so the path is not contiguous
+            decoys = (full[n + 1 : n + 8] + 1) % fast.model.config.vocab_size
+            tokens = np.concatenate([[full[n]], decoys, full[n + 1 : n + 9]])
+            parent = np.array([-1, *range(0, 7), 0, *range(8, 15)], dtype=np.int32)
+            depth = np.array([0, *range(1, 8), *range(1, 9)], dtype=np.int32)
+            draft = Draft(tokens.astype(np.int64), parent, depth, np.linspace(1, 0, 16))
+            target = verify_forward(fast.model, cache, draft, n).argmax(-1).numpy()
+            np.testing.assert_array_equal(target[[0, *range(8, 15)]], full[n + 1 : n + 9])
+            keep_accepted_kv(cache, n, np.array([0, *range(8, 16)]))
+            n += 9
+
+
+BATCH_NEW = 40
+
+
+def test_a_batch_of_rag_prompts_gives_each_its_greedy_answer():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        engine = LookaheadGenerator(load_model(), LookaheadConfig(draft_size=0))
+        model = engine.lm.model
+        prompts = [engine.encode(f"Passage: {PASSAGE}\n\nQuestion: {q}") for q in QUESTIONS]
+        references = []
+        for ids in prompts:
+            x = torch.from_numpy(ids).unsqueeze(0)
+            out = model.generate(
+                x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=BATCH_NEW
+            )
+            references.append(out[0, len(ids) :].tolist())
+        arrivals = {  # plain, a fixed draft, a larger one; the third joins later
+            0: [(i, prompts[i], LookaheadConfig(BATCH_NEW, draft_size=k), None)
+                for i, k in ((0, 0), (1, 8))],
+            2: [(2, prompts[2], LookaheadConfig(BATCH_NEW, draft_size=16), None)],
+        }  # fmt: skip
+        decoder = BatchDecoder(engine, max_batch=3, prefill_chunk=128)
+        chunks = drive(decoder, arrivals)
+    finally:
+        torch.set_num_threads(threads)
+    for i, reference in enumerate(references):
+        assert tokens_of(chunks[i]) == reference
+        text = engine.lm.tokenizer.decode(reference, skip_special_tokens=True)
+        assert "".join(c.text for c in chunks[i]) == text
+    assert decoder.stats.tokens > decoder.stats.sequences  # the passage was copied

@@ -3,12 +3,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from genhelpers import tiny_model
+from genhelpers import cheap_costs, tiny_model
 
 import generation.step_cost as step_cost
 from generation.models import LoadedModel
 from generation.step_cost import (
+    BatchCosts,
     StepCostCurve,
+    batch_qs,
+    batch_sizes,
     load_or_measure,
     measure_step_costs,
     tree_draft,
@@ -118,3 +121,16 @@ def test_load_or_measure_caches_per_setup(tiny, tmp_path, monkeypatch):
         assert step_cost.curve_path(tiny) != path
     finally:
         torch.set_num_threads(threads)
+
+
+def test_batch_cost_surface_interpolates_between_measured_sizes():
+    costs = cheap_costs()
+    for b in (1, 2, 4):
+        np.testing.assert_allclose(costs.times(b, np.array([2.0])), 10 + 0.5 * b + 0.1 * b)
+    np.testing.assert_allclose(costs.times(3, np.array([1.0])), 10 + 1.5 + 0.15)  # linear in b
+    np.testing.assert_allclose(costs.times(8, np.array([1.0])), 10 + 4 + 0.4)  # the last slope
+    assert batch_sizes(16) == [1, 2, 4, 8, 16]
+    assert batch_sizes(6) == [1, 2, 4, 6]
+    assert batch_qs(16) == [1, 2, 4, 8]
+    with pytest.raises(ValueError, match="batch sizes"):
+        BatchCosts({})

@@ -7,12 +7,16 @@ from genhelpers import (
     VOCAB,
     OracleDrafter,
     PromptLookupDrafter,
+    eos_model,
+    first_stop,
     fixed_engine,
     greedy,
     tiny_model,
 )
 
+import generation.decode
 from generation import LookaheadConfig
+from generation.verify import keep_accepted_kv
 
 MAX_NEW = 40
 DRAFT_SIZES = (0, 1, 4, 16, 64)
@@ -57,11 +61,10 @@ def test_equals_greedy_for_every_draft_size_and_drafter(case, draft_size):
 def test_eos_inside_an_accepted_chunk(tokenizer, draft_size, hit_rate):
     for seed, arch in enumerate(ARCHITECTURES):
         prompt = prompts(seed=3)[2]
-        unstopped = greedy(tiny_model(arch, seed), prompt, MAX_NEW)
-        k = next(i for i in range(3, MAX_NEW) if unstopped[i] not in unstopped[:i])
-        model = tiny_model(arch, seed, eos=int(unstopped[k]))
+        model, unstopped, eos = eos_model(arch, seed, prompt, MAX_NEW)
         reference = greedy(model, prompt, MAX_NEW)
-        assert len(reference) == k + 1  # transformers stops at the new EOS
+        k = len(reference) - 1
+        assert reference[k] == eos  # transformers stops at the new EOS
         engine = fixed_engine(model, tokenizer, arch)
         drafter = OracleDrafter(np.concatenate([prompt, unstopped]), seed=k, hit_rate=hit_rate)
         config = LookaheadConfig(MAX_NEW, draft_size=draft_size)
@@ -71,15 +74,6 @@ def test_eos_inside_an_accepted_chunk(tokenizer, draft_size, hit_rate):
         if hit_rate == 1.0:  # the draft ran past the EOS: it was cut inside the chunk
             assert len(chunks[-1].token_ids) > 1
             assert chunks[-1].stats.accepted[-1] >= len(chunks[-1].token_ids)
-
-
-def first_stop(tokenizer, tokens: np.ndarray, stop: str) -> int:
-    """Tokens up to the one whose text completes `stop` (plain decoding's stop point)."""
-    return next(
-        i + 1
-        for i in range(len(tokens))
-        if stop in tokenizer.decode(tokens[: i + 1], skip_special_tokens=True)
-    )
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -101,3 +95,25 @@ def test_stop_string_inside_an_accepted_chunk(tokenizer, arch):
     assert result.finish_reason == "stop"
     assert result.text == text[: text.index(stop)]
     assert result.stats.accepted[-1] >= 1  # the stop fell inside a multi-token chunk
+
+
+def test_cache_tracks_prompt_plus_emitted_over_many_steps(monkeypatch, tokenizer):
+    model = tiny_model("qwen2")
+    prompt = np.random.default_rng(1).integers(0, VOCAB, 15)
+    reference = greedy(model, prompt, 120)
+    lengths = []
+
+    def recording_keep(cache, past_len, kept):
+        keep_accepted_kv(cache, past_len, kept)
+        lengths.append((cache.get_seq_length(), past_len + len(kept)))
+
+    monkeypatch.setattr(generation.decode, "keep_accepted_kv", recording_keep)
+    engine = fixed_engine(model, tokenizer)
+    drafter = OracleDrafter(np.concatenate([prompt, reference]), seed=2, hit_rate=0.5)
+    chunks = list(engine.stream(prompt, LookaheadConfig(120, draft_size=8), drafter))
+    assert [t for c in chunks for t in c.token_ids] == reference.tolist()
+    assert len(lengths) == len(chunks) > 30
+    assert all(got == want for got, want in lengths)
+    emitted = np.cumsum([len(c.token_ids) for c in chunks])
+    # The newest token is the next draft's root: it enters the cache in the next step.
+    assert [got for got, _ in lengths] == (len(prompt) + emitted - 1).tolist()

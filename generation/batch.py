@@ -1,0 +1,295 @@
+"""Continuous batching: one forward pass per step for every live sequence.
+
+    decoder = BatchDecoder(LookaheadGenerator.load(), max_batch=8)
+    handle = decoder.add("What is a trie?")
+    while decoder.busy:
+        for handle, chunk in decoder.step():
+            ...
+
+Each step: newcomers take free rows and are prefilled in chunks (at most `prefill_chunk`
+tokens a step while others decode, so a long prompt delays them by one chunk, not the whole
+prompt; all at once when nobody is decoding), then every decoding sequence drafts from its own
+drafter, the cost model picks the rows per sequence `q` that maximise the batch's goodput
+(`budget.choose_rows` over `t(b, q)`: under light load drafts grow, under heavy load they shrink
+to plain batched decoding), and one pass verifies every tree, each in its own cache row. Each
+sequence then accepts by its own rule (greedy, or exact sampling with its own seed), keeps its
+accepted KV entries, and scans for EOS / stop strings / its token budget. Finished, failed and
+cancelled sequences leave between steps; the last row moves into the freed one, so live rows
+stay `[0, b)`. Output per sequence is exactly what it would be decoded alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from generation.batch_cache import BatchKVCache
+from generation.batch_verify import Block, forward_blocks, prefill_row
+from generation.budget import choose_rows
+from generation.decode import Chunk, Request
+from generation.engine import LookaheadConfig, LookaheadGenerator, PromptInput
+from generation.step_cost import BatchCosts, load_batch_costs
+from trie_store.draft import Draft, Drafter
+
+PREFILL_CHUNK = 256  # prompt tokens per step while others decode: ~ a few decode steps' time
+
+
+@dataclass
+class BatchStats:
+    """Figures of the whole batch; times in seconds."""
+
+    steps: int = 0  # decode passes
+    sequences: int = 0  # sum over steps of the sequences decoded
+    tokens: int = 0  # emitted
+    draft_rows: int = 0  # drafted nodes verified
+    padded_rows: int = 0  # b * q summed: what the passes computed
+    prefill_passes: int = 0
+    prefill_tokens: int = 0
+    prefill_s: float = 0.0
+    forward_s: float = 0.0  # decode passes
+
+    @property
+    def mean_batch(self) -> float:
+        return self.sequences / self.steps if self.steps else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        return self.tokens / self.steps if self.steps else 0.0
+
+    @property
+    def draft_rows_per_step(self) -> float:
+        return self.draft_rows / self.steps if self.steps else 0.0
+
+
+class _Sequence:
+    def __init__(self, handle: int, request: Request) -> None:
+        self.handle = handle
+        self.request = request
+        self.row: int | None = None  # its cache row, once it has one
+
+
+class BatchDecoder:
+    """Up to `max_batch` live sequences decoded together, one forward pass per step.
+
+    Not thread-safe: one thread calls `add`, `cancel` and `step` (the service's model thread).
+    An exception raised by one sequence's drafter or stop scan ends that sequence alone (its
+    last chunk has finish_reason "error" and the exception); one raised by the model ends the
+    step for all and propagates.
+    """
+
+    def __init__(
+        self,
+        generator: LookaheadGenerator,
+        max_batch: int = 8,
+        prefill_chunk: int = PREFILL_CHUNK,
+        costs: BatchCosts | None = None,
+    ) -> None:
+        if max_batch < 1 or prefill_chunk < 1:
+            raise ValueError(
+                f"max_batch and prefill_chunk must be >= 1, got {max_batch} and {prefill_chunk}"
+            )
+        self.generator = generator
+        self.model = generator.lm.model
+        self.max_batch = max_batch
+        self.prefill_chunk = prefill_chunk
+        self.cache = BatchKVCache(self.model, max_batch)
+        self.stats = BatchStats()
+        self._costs = costs
+        if costs is None and generator.config.draft_size == "auto":
+            self.costs()  # measured (or read) at start-up, not mid-request
+        self._handles = itertools.count()
+        self._waiting: deque[_Sequence] = deque()
+        self._prefilling: deque[_Sequence] = deque()  # the first one owns row len(_rows)
+        self._rows: list[_Sequence] = []  # decoding, sequence i in cache row i
+
+    def costs(self) -> BatchCosts:
+        """The measured t(b, q) of this model and device (cached across runs)."""
+        if self._costs is None:
+            self._costs = load_batch_costs(self.generator.lm, self.max_batch)
+        return self._costs
+
+    def add(
+        self,
+        prompt: PromptInput,
+        config: LookaheadConfig | None = None,
+        drafter: Drafter | None = None,
+    ) -> int:
+        """Queue a prompt (checked now; see `LookaheadGenerator.request`); returns its handle.
+        It joins the batch at the next step with a free row."""
+        request = self.generator.request(prompt, config, drafter)
+        if request.policy.fixed is None:
+            self.costs()
+        sequence = _Sequence(next(self._handles), request)
+        self._waiting.append(sequence)
+        return sequence.handle
+
+    def cancel(self, handle: int) -> bool:
+        """Drop a queued or live sequence now; False if it is unknown or already finished."""
+        for queue in (self._waiting, self._prefilling):
+            for sequence in queue:
+                if sequence.handle == handle:
+                    self._leave(sequence)
+                    return True
+        for sequence in self._rows:
+            if sequence.handle == handle:
+                self._leave(sequence)
+                return True
+        return False
+
+    @property
+    def live(self) -> int:
+        """Sequences holding a row (decoding or being prefilled)."""
+        return len(self._rows) + len(self._prefilling)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def free(self) -> int:
+        """Sequences that can be added now and still get a row at the next step."""
+        return max(0, self.max_batch - self.live - len(self._waiting))
+
+    def row_of(self, handle: int) -> int | None:
+        """The cache row of a decoding sequence (None while it waits or is being prefilled)."""
+        return next((s.row for s in self._rows if s.handle == handle), None)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.live or self._waiting)
+
+    def step(self) -> list[tuple[int, Chunk]]:
+        """Admit, prefill a chunk, then one decode pass; each decoded sequence's chunk."""
+        while self._waiting and self.live < self.max_batch:
+            self._prefilling.append(self._waiting.popleft())
+        self._prefill()
+        return self._decode() if self._rows else []
+
+    def _prefill(self) -> None:
+        """Newcomers' prompts into their rows, in order: `prefill_chunk` tokens while others
+        decode, every prompt whole while nobody does."""
+        budget = self.prefill_chunk if self._rows else None
+        while self._prefilling and (budget is None or budget > 0):
+            sequence = self._prefilling[0]
+            request = sequence.request
+            if sequence.row is None:
+                sequence.row = len(self._rows)
+                self.cache.clear_row(sequence.row)
+            done = int(self.cache.lengths[sequence.row])
+            take = request.cached - done if budget is None else min(request.cached - done, budget)
+            t0 = time.perf_counter()
+            ids = request.context[done : done + take]
+            prefill_row(self.model, self.cache, sequence.row, ids, self.prefill_chunk)
+            elapsed = time.perf_counter() - t0
+            request.stats.prefill_s += elapsed
+            self.stats.prefill_s += elapsed
+            self.stats.prefill_passes += -(-take // self.prefill_chunk)
+            self.stats.prefill_tokens += take
+            if budget is not None:
+                budget -= take
+            if self.cache.lengths[sequence.row] == request.cached:
+                self._rows.append(self._prefilling.popleft())
+
+    def _decode(self) -> list[tuple[int, Chunk]]:
+        events: list[tuple[int, Chunk]] = []
+        drafted: dict[int, Draft] = {}
+        for sequence in list(self._rows):
+            t0 = time.perf_counter()
+            try:
+                drafted[sequence.handle] = sequence.request.draft()
+            except Exception as exc:  # this sequence's drafter: it alone fails
+                events.append(self._failed(sequence, exc))
+                self._leave(sequence)
+                continue
+            sequence.request.stats.draft_s += time.perf_counter() - t0
+        if not self._rows:
+            return events
+        rows = list(self._rows)
+        drafts = self._sized([drafted[s.handle] for s in rows])
+        t0 = time.perf_counter()
+        logits = forward_blocks(
+            self.model, self.cache, slice(0, len(rows)), [Block.of_draft(d) for d in drafts]
+        )
+        forward_s = time.perf_counter() - t0
+        kept_rows, kept, leaving = [], [], []
+        for row, (sequence, draft) in enumerate(zip(rows, drafts, strict=True)):
+            request = sequence.request
+            t0 = time.perf_counter()
+            request.stats.forward_s += forward_s
+            try:
+                verified = request.rule.verified(logits[row, : len(draft)])
+                nodes, chunk = request.settle(draft, verified)
+            except Exception as exc:  # its stop scan or drafter update
+                events.append(self._failed(sequence, exc))
+                leaving.append(sequence)
+                continue
+            request.stats.accept_s += time.perf_counter() - t0
+            kept_rows.append(row)
+            kept.append(nodes)
+            events.append((sequence.handle, chunk))
+            self.stats.tokens += len(chunk.token_ids)
+            if chunk.finish_reason is not None:
+                leaving.append(sequence)
+        self.cache.keep(kept_rows, kept)
+        self._count(drafts, logits.shape[1], forward_s)
+        for sequence in leaving:  # only now: leaving moves rows
+            self._leave(sequence)
+        return events
+
+    def _sized(self, drafts: Sequence[Draft]) -> list[Draft]:
+        """Every draft cut to its share of the jointly chosen rows per sequence."""
+        expected, floor, auto = [], 1, False
+        for sequence, draft in zip(self._rows, drafts, strict=True):
+            policy = sequence.request.policy
+            k = min(policy.max_nodes, draft.size)
+            if policy.fixed is None:
+                auto = True
+            else:
+                floor = max(floor, k + 1)
+            expected.append(draft.expected_accepted()[: k + 1])
+        if auto:
+            costs = self.costs()
+            b = len(drafts)
+            q = choose_rows(expected, lambda qs: costs.times(b, qs), floor)
+        else:
+            q = floor
+        return [d.truncate(min(q - 1, len(e) - 1)) for d, e in zip(drafts, expected, strict=True)]
+
+    def _count(self, drafts: Sequence[Draft], q: int, forward_s: float) -> None:
+        stats = self.stats
+        stats.steps += 1
+        stats.sequences += len(drafts)
+        stats.draft_rows += sum(d.size for d in drafts)
+        stats.padded_rows += len(drafts) * q
+        stats.forward_s += forward_s
+
+    @staticmethod
+    def _failed(sequence: _Sequence, exc: Exception) -> tuple[int, Chunk]:
+        return sequence.handle, Chunk([], "", "error", sequence.request.stats, error=exc)
+
+    def _leave(self, sequence: _Sequence) -> None:
+        """Free the sequence's row; the last decoding row moves into it, and a newcomer being
+        prefilled right after the decoding rows moves down one, so rows stay contiguous."""
+        if sequence in self._waiting:
+            self._waiting.remove(sequence)
+            return
+        if sequence in self._prefilling:
+            self._prefilling.remove(sequence)
+            if sequence.row is not None:
+                self.cache.clear_row(sequence.row)
+            return
+        row, last = sequence.row, len(self._rows) - 1
+        moved = self._rows.pop()
+        if moved is not sequence:
+            self.cache.move_row(last, row)
+            moved.row = row
+            self._rows[row] = moved
+        else:
+            self.cache.clear_row(row)
+        if self._prefilling and self._prefilling[0].row is not None:
+            newcomer = self._prefilling[0]
+            self.cache.move_row(newcomer.row, last)
+            newcomer.row = last

@@ -1,0 +1,40 @@
+"""`models.speed_up`: the verify-pass speed-ups change how the arithmetic is scheduled, never what
+it computes."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from genhelpers import VOCAB, sequential_logits, tiny_model
+
+from generation.gqa_attention import NAME as SDPA_GQA
+from generation.models import speed_up
+from generation.step_cost import tree_draft
+from generation.verify import prefill, verify_forward
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("seed", range(3))
+def test_float64_tree_logits_equal_sequential_and_stock(seed):
+    stock = tiny_model("llama", seed, dtype=torch.float64)
+    fast = copy.deepcopy(stock)
+    assert speed_up(fast) == [SDPA_GQA]
+    rng = np.random.default_rng(seed)
+    context = rng.integers(0, VOCAB, 20)
+    draft = tree_draft(24, rng, VOCAB)
+    tree = verify_forward(fast, prefill(fast, context), draft, len(context))
+    reference = verify_forward(stock, prefill(stock, context), draft, len(context))
+    torch.testing.assert_close(tree, reference, rtol=0, atol=1e-13)
+    torch.testing.assert_close(tree, sequential_logits(stock, context, draft), rtol=0, atol=1e-12)
+
+
+def test_float32_fast_tree_matches_stock_sequential():
+    stock = tiny_model("llama", 5, dtype=torch.float32)
+    fast = copy.deepcopy(stock)
+    assert speed_up(fast) == ["packed_linear", SDPA_GQA]
+    rng = np.random.default_rng(5)
+    context = rng.integers(0, VOCAB, 40)
+    draft = tree_draft(32, rng, VOCAB)
+    tree = verify_forward(fast, prefill(fast, context), draft, len(context))
+    torch.testing.assert_close(tree, sequential_logits(stock, context, draft), rtol=0, atol=1e-4)

@@ -1,0 +1,40 @@
+"""Prepacked oneDNN linears compute what nn.Linear computes."""
+
+import copy
+
+import pytest
+import torch
+from genhelpers import VOCAB, tiny_model
+from torch import nn
+
+from generation.gqa_attention import NAME as SDPA_GQA
+from generation.models import speed_up
+from generation.packed_linear import PackedLinear, pack_linear_layers
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_linear_computes_what_linear_computes(dtype, bias):
+    torch.manual_seed(1)
+    linear = nn.Linear(40, 72, bias=bias).to(dtype)
+    packed = PackedLinear(linear)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    for shape in [(1, 40), (16, 40), (1, 5, 40)]:
+        x = torch.randn(shape, dtype=dtype)
+        torch.testing.assert_close(packed(x), linear(x), **tol)
+
+
+def test_pack_swaps_every_linear_and_keeps_the_logits():
+    stock = tiny_model("llama", dtype=torch.float32)
+    packed = copy.deepcopy(stock)
+    assert pack_linear_layers(packed) == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer; head
+    assert not any(type(m) is nn.Linear for m in packed.modules())
+    ids = torch.randint(0, VOCAB, (1, 30))
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(ids).logits, stock(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_pack_leaves_float64_models_alone():
+    model = tiny_model("llama", dtype=torch.float64)
+    assert pack_linear_layers(model) == 0
+    assert speed_up(model) == [SDPA_GQA]
