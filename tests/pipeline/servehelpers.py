@@ -292,6 +292,78 @@ BAD_REQUESTS = [
     ),
     Bad("unknown-route", "/v2/answer", 404, "not_found", json={"question": "q"}),
     Bad("wrong-method", "/v1/rag", 405, "method_not_allowed", method="GET"),
+    # Text: a lone surrogate is valid JSON but no Unicode character (the tokenizer raised
+    # TypeError on it: a 500); invisible characters alone ask nothing.
+    *(
+        Bad(f"surrogate-{name}", path, 400, "invalid_value", param, content=body, headers=JSON)
+        for name, path, param, body in [
+            ("question", "/v1/rag", "question", rb'{"question": "a \ud800"}'),
+            (
+                "question-streamed",
+                "/v1/rag",
+                "question",
+                rb'{"question": "\udc00", "stream": true}',
+            ),
+            (
+                "chat",
+                "/v1/chat/completions",
+                "messages[0].content",
+                b'{"model": "%s", "stream": true, "messages": [{"role": "user", "content": '
+                b'"caf\\ud83d"}]}' % MODEL.encode(),
+            ),
+            (
+                "completion-no-rag",
+                "/v1/completions",
+                "prompt",
+                b'{"model": "%s", "rag": false, "prompt": "\\ud800x"}' % MODEL.encode(),
+            ),
+            (
+                "stop",
+                "/v1/completions",
+                "stop[1]",
+                b'{"model": "%s", "prompt": "p", "stop": ["a", "\\ud800"]}' % MODEL.encode(),
+            ),
+            (
+                "model",
+                "/v1/chat/completions",
+                "model",
+                rb'{"model": "\ud800", "messages": [{"role": "user", "content": "hi"}]}',
+            ),
+        ]
+    ),
+    Bad(
+        "surrogate-in-a-field-name",
+        "/v1/rag",
+        400,
+        "invalid_value",
+        content=rb'{"q\ud800": "q"}',
+        headers=JSON,
+    ),
+    Bad(
+        "zero-width-question",
+        "/v1/rag",
+        400,
+        "invalid_value",
+        "question",
+        json={"question": "\u200b\u200b\u200b"},
+    ),
+    Bad(
+        "stop-empty",
+        "/v1/chat/completions",
+        400,
+        "invalid_value",
+        "stop",
+        json=chat(stop=""),
+    ),
+    Bad("stop-a-number", "/v1/completions", 400, "invalid_value", "stop", json=completion(stop=5)),
+    Bad(
+        "body-not-utf8",
+        "/v1/rag",
+        400,
+        "invalid_json",
+        content=b'{"question": "caf\xe9"}',
+        headers=JSON,
+    ),
 ]
 
 
@@ -303,6 +375,8 @@ def check_error(response, bad: Bad) -> None:
     assert error["param"] == bad.param
     assert error["message"]
     assert error["type"] == "invalid_request_error"
+    if bad.status == 405:
+        assert response.headers["allow"] == "POST"
 
 
 def sse_payloads(text: str) -> list:
