@@ -49,6 +49,11 @@ class BackendUnavailableError(RuntimeError):
     """A retriever or generator cannot be reached (down, restarting, overloaded)."""
 
 
+class ReplicaDiedError(BackendUnavailableError):
+    """The replica running a request died (or became unreachable) while it did: the request
+    may run again on another replica."""
+
+
 def to_api_error(exc: Exception) -> ApiError:
     """The API error for any exception a route lets through."""
     if isinstance(exc, ApiError):

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from pipeline.config import load_config
-from pipeline.service.errors import BackendUnavailableError
+from pipeline.service.errors import BackendUnavailableError, ReplicaDiedError
 from pipeline.wire import AnswerStats, Delta, Finished, SourceRef, Started
 
 # Small limits keep the oversize cases cheap to send.
@@ -396,11 +396,13 @@ class Passage:
 
 
 class StandIn:
-    """Replays a fixed answer; `fail` makes a part raise at a chosen point."""
+    """Replays a fixed answer; `fail` makes a part raise at a chosen point: "retrieve", "start",
+    "midway", "check", "bug" (a plain exception), "died-at-start" / "died-midway" (the replica
+    dies, on the first job only), "hang" (never finishes after two steps)."""
 
     def __init__(self):
         self.jobs = []
-        self.fail = None  # "retrieve", "start", "midway", "check"
+        self.fail = None
 
     async def retrieve(self, query, k):
         if self.fail == "retrieve":
@@ -409,14 +411,23 @@ class StandIn:
 
     async def generate(self, job):
         self.jobs.append(job)
+        first = len(self.jobs) == 1
         if self.fail == "start":
-            raise BackendUnavailableError("the generator is unavailable: ActorDiedError")
+            raise BackendUnavailableError("the generator is unavailable: BackPressureError")
+        if self.fail == "bug":
+            raise RuntimeError("a bug")
+        if self.fail == "died-at-start" and first:
+            raise ReplicaDiedError("the generator is unavailable: ActorDiedError")
         sources = tuple(SourceRef(p.id, p.title, p.source, p.score) for p in job.passages[:2])
         yield Started(7, sources)
         yield Delta("Use", 1)
         yield Delta("", 1)  # a step whose text is held back
         if self.fail == "midway":
             raise BackendUnavailableError("the generator is unavailable: ActorDiedError")
+        if self.fail == "died-midway" and first:
+            raise ReplicaDiedError("the generator is unavailable: ActorDiedError")
+        if self.fail == "hang":
+            await asyncio.Event().wait()
         yield Delta(" json.loads.", 3)
         yield Finished("stop", 5, AnswerStats(3, 5 / 3, 12, 2, 0.25, job.lookahead))
 
@@ -425,10 +436,10 @@ class StandIn:
             raise BackendUnavailableError("the retriever is unavailable: ActorDiedError")
 
 
-def asgi_client(app):
+def asgi_client(app, raise_app_exceptions=True):
     """A synchronous client of an ASGI app in this process (httpx's ASGI transport is async;
     the tests read better synchronously)."""
-    transport = httpx.ASGITransport(app=app)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
 
     class Sync:
         def request(self, method, path, **kwargs):
