@@ -1,7 +1,9 @@
 """The service's index: where it lives, built once on first use, opened with a clear error.
 
 The default corpus is the embedded stdlib docs, so a fresh machine gets a working index with no
-download; it is built once into the cache directory and reused by every later run.
+download; it is built once into the cache directory and reused by every later run. Only that
+default location is built on its own: an index directory named explicitly must hold an index
+already (a mistyped `--index` must not quietly become a new index of another corpus).
 """
 
 from __future__ import annotations
@@ -28,14 +30,20 @@ def index_dir(config: Config) -> Path:
 
 
 def ensure_index(config: Config, progress: bool = True) -> Path:
-    """The index directory, built from `retrieval.corpus` first if it does not exist yet."""
-    from retrieval import BuildConfig, build_index, read_corpus
+    """The index directory, checked whole (`retrieval.check_index_dir`: manifest, sizes,
+    checksums) so that a bad one fails here, in seconds, rather than in a replica. The default
+    location is built from `retrieval.corpus` first if it does not exist yet; an explicit
+    `retrieval.index_dir` that does not exist is a FileNotFoundError saying how to build it."""
+    from retrieval import BuildConfig, build_index, check_index_dir, read_corpus
 
     path = index_dir(config)
     if not path.exists():  # retrieval writes index folders atomically: present means complete
+        if config.retrieval.index_dir is not None:
+            raise _missing(path, config)
         corpus = config.retrieval.corpus
         print(f"building the {corpus!r} index into {path} (once)", flush=True)
         build_index(read_corpus(corpus), config=BuildConfig(progress=progress), out=path)
+    check_index_dir(path)
     return path
 
 
@@ -45,9 +53,13 @@ def open_index(config: Config):
 
     path = index_dir(config)
     if not path.exists():
-        raise FileNotFoundError(
-            f"no index at {path}: build it with `lookahead-rag index --corpus "
-            f"{config.retrieval.corpus} --out {path}`, or start with `lookahead-rag serve`, "
-            "which builds the configured corpus first"
-        )
+        raise _missing(path, config)
     return load_index(path)
+
+
+def _missing(path: Path, config: Config) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"no index at {path}: build it with `lookahead-rag index --corpus "
+        f"{config.retrieval.corpus} --out {path}`, or leave retrieval.index_dir (--index) unset "
+        "to use the default index, which is built on first use"
+    )
