@@ -16,6 +16,10 @@ from pipeline.config import Config
 from pipeline.text import is_blank, unicode_problem
 from pipeline.wire import GenerationJob
 
+# Sampling at a temperature this close to 0 is greedy decoding in all but name (its limit), and
+# dividing the logits by it overflows them to inf: such a request decodes greedily.
+MIN_TEMPERATURE = 1e-4
+
 
 class PlanError(ValueError):
     """A request the settings refuse; `param` and `code` name the field and the reason."""
@@ -105,7 +109,7 @@ def plan_job(request: JobRequest, config: Config) -> Plan:
         max_tokens=max_tokens,
         stop=tuple(request.stop),
         lookahead=request.lookahead and config.generation.lookahead,
-        temperature=request.temperature,
+        temperature=request.temperature if request.temperature >= MIN_TEMPERATURE else 0.0,
         top_p=request.top_p,
         repetition_penalty=request.repetition_penalty,
         seed=request.seed,

@@ -95,6 +95,11 @@ def bearer_token(scope: Scope) -> bytes | None:
     return token.strip().encode("latin-1")  # Starlette decodes header bytes as latin-1
 
 
+def is_open(path: str, open_paths: Iterable[str]) -> bool:
+    """Whether `path` is answered without a key: an exact entry or a pattern ("/static/*")."""
+    return any(fnmatch.fnmatchcase(path, pattern) for pattern in open_paths)
+
+
 class ApiKeyMiddleware:
     """401 in the API's error shape for a request without a known key, unless its path is open.
     `on_refused` sees each refusal (for the error metrics)."""
@@ -109,11 +114,8 @@ class ApiKeyMiddleware:
         self.app, self.keys, self.on_refused = app, keys, on_refused
         self.open_paths = tuple(open_paths)
 
-    def is_open(self, path: str) -> bool:
-        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.open_paths)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.is_open(scope["path"]):
+        if scope["type"] != "http" or is_open(scope["path"], self.open_paths):
             await self.app(scope, receive, send)
             return
         key = bearer_token(scope)

@@ -32,6 +32,7 @@ from pipeline.planning import JobRequest, plan_job
 from pipeline.service.auth import ApiKeyMiddleware, ApiKeys
 from pipeline.service.errors import ApiError, ReplicaDiedError, install_error_handlers
 from pipeline.service.metrics import CONTENT_TYPE, Metrics, Trace
+from pipeline.service.openapi import install_openapi
 from pipeline.service.rendering import (
     ChatRenderer,
     CompletionRenderer,
@@ -229,6 +230,7 @@ def build_api(
         )
     install_error_handlers(app, _count_error)
     app.include_router(router)
+    install_openapi(app, config)
     return app
 
 

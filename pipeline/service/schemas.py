@@ -39,6 +39,16 @@ def _not_blank(value: str) -> str:
     return value
 
 
+def _integral(value: Any) -> Any:
+    """JSON has one kind of number: 16.0 is the integer 16, as JSON Schema's `integer` says
+    (strings are still refused)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
+
 NON_BLANK_SCHEMA = {"type": "string", "minLength": 1, "pattern": VISIBLE}
 
 Text = Annotated[str, AfterValidator(_unicode)]
@@ -50,20 +60,21 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="ignore")
 
-    max_tokens: int | None = None
+    max_tokens: Int | None = None
     # Sampling: temperature 0 is greedy. Lookahead samples from exactly the distribution plain
     # sampling does; a `seed` repeats an answer (same seed, same drafts: see the README).
     temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False)
     top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1), BeforeValidator(_integral)] | None = None
     stream: bool = False
     # Extensions: transformers' repetition penalty (1 = none), retrieval on/off, how many
     # passages go into the prompt (so `top_k` is retrieval's, not sampling's), and plain
     # decoding (lookahead off) for comparisons: the same answers under greedy decoding, the
     # same distribution of answers under sampling.
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, allow_inf_nan=False)
+    # (A penalty near 0 divides the repeated tokens' logits into inf: 0.01 is already extreme.)
+    repetition_penalty: float = Field(1.0, ge=0.01, le=10.0, allow_inf_nan=False)
     rag: bool = True
-    top_k: int | None = None
+    top_k: Int | None = None
     lookahead: bool = True
 
     def answer_tokens(self) -> int | None:
@@ -155,7 +166,7 @@ class StreamOptions(BaseModel):
 class _OpenAIRequest(GenerationRequest):
     model: NonBlank
     stop: Stop = None
-    n: Literal[1] = 1
+    n: Annotated[Literal[1], BeforeValidator(_integral)] = 1
     stream_options: StreamOptions | None = None
 
     @property
@@ -165,7 +176,7 @@ class _OpenAIRequest(GenerationRequest):
 
 class ChatCompletionRequest(_OpenAIRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None  # what newer OpenAI clients send for max_tokens
+    max_completion_tokens: Int | None = None  # what newer OpenAI clients send for max_tokens
 
     def answer_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_tokens is None else self.max_tokens

@@ -296,3 +296,51 @@ def test_open_paths_are_configurable_and_a_missing_key_file_fails_at_start(tmp_p
     missing = small_limits_config(**{"server.api_key_file": str(tmp_path / "none")})
     with pytest.raises(FileNotFoundError):
         build_api(backend, missing)
+
+
+def test_json_numbers_with_no_fraction_are_integers(client, backend):
+    """JSON Schema's `integer` takes 16.0; strings stay refused (the table above)."""
+    body = {"question": "q", "max_tokens": 3.0, "top_k": 2.0, "seed": 7.0, "temperature": 1}
+    assert client.post("/v1/rag", json=body).status_code == 200
+    (job,) = backend.jobs
+    assert (job.max_tokens, job.top_k, job.seed) == (3, 2, 7)
+    assert all(type(v) is int for v in (job.max_tokens, job.top_k, job.seed))
+
+
+def test_the_openapi_schema_states_the_configured_limits_and_the_errors_answered():
+    config = small_limits_config(
+        **{"server.api_keys": ["k"], "limits.max_stop": 2, "model.served_name": "m"}
+    )
+    client = asgi_client(build_api(StandIn(), config))
+    spec = client.get("/openapi.json", headers={"Authorization": "Bearer k"}).json()
+    assert client.get("/openapi.json").status_code == 401  # not an open path by default
+    paths, schemas = spec["paths"], spec["components"]["schemas"]
+    for path in ("/v1/rag", "/v1/chat/completions", "/v1/completions"):
+        operation = paths[path]["post"]
+        expected = {"200", "400", "401", "408", "413", "503"} | (
+            {"404"} if "v1/c" in path else set()
+        )
+        assert set(operation["responses"]) == expected, path
+        assert operation["security"] == [{"apiKey": []}]
+        assert set(operation["responses"]["200"]["content"]) == {
+            "application/json",
+            "text/event-stream",
+        }
+        error = operation["responses"]["400"]["content"]["application/json"]["schema"]
+        assert error == {"$ref": "#/components/schemas/ErrorBody"}
+    assert "security" not in paths["/healthz"]["get"]  # open paths ask for no key
+    assert set(paths["/healthz"]["get"]["responses"]) == {"200", "503"}
+    (metrics_type,) = paths["/metrics"]["get"]["responses"]["200"]["content"]
+    assert metrics_type.startswith("text/plain")
+    rag, chat = schemas["RagRequest"]["properties"], schemas["ChatCompletionRequest"]["properties"]
+    limits = config.limits
+    assert rag["max_tokens"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 256}
+    assert rag["top_k"]["anyOf"][0]["maximum"] == limits.max_top_k
+    assert rag["question"]["maxLength"] == limits.max_input_chars
+    assert rag["question"]["minLength"] == 1
+    assert chat["max_completion_tokens"]["anyOf"][0]["maximum"] == 256
+    assert chat["model"]["enum"] == ["m"]
+    (array,) = [b for b in chat["stop"]["anyOf"] if b.get("type") == "array"]
+    assert array["maxItems"] == 2
+    assert "HTTPValidationError" not in schemas
+    assert not any("422" in op["responses"] for ops in paths.values() for op in ops.values())
