@@ -3,6 +3,7 @@ against the HTTP layer alone and against the real Serve app."""
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,9 @@ MAX_INPUT_CHARS = 2000
 MAX_BODY_BYTES = 20_000
 MODEL = "lookahead-rag"
 GENERATOR_REPLICAS = 2  # in the session's Serve app
+API_KEY = "sk-test-0123456789"  # the session's Serve app lets this key in
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+BODY_TIMEOUT_S = 3.0  # the session's Serve app: a body must arrive within this
 
 LIMITS = {
     "limits.max_input_chars": MAX_INPUT_CHARS,
@@ -232,6 +236,14 @@ BAD_REQUESTS = [
         "invalid_value",
         "top_p",
         json={"question": "q", "top_p": 1.5},
+    ),
+    Bad(
+        "rag-repetition-penalty-tiny",
+        "/v1/rag",
+        400,
+        "invalid_value",
+        "repetition_penalty",
+        json={"question": "q", "repetition_penalty": 1e-300},
     ),
     Bad(
         "rag-temperature-nan",
@@ -456,3 +468,31 @@ def asgi_client(app, raise_app_exceptions=True):
             return self.request("GET", path, **kwargs)
 
     return Sync()
+
+
+def generator_replicas() -> dict:
+    """The session Serve app's Generator replicas: actor name -> actor handle."""
+    import ray
+
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if "Generator" in a["name"] and a["name"].startswith("SERVE_REPLICA::")
+    ]
+    return {name: ray.get_actor(name, namespace="serve") for name in names}
+
+
+def wait_for_generators(serve_app, timeout_s: float = 240) -> None:
+    """Until Serve has all the app's Generator replicas running again (after a test killed
+    some), so that later tests find the app as they expect."""
+    from ray import serve
+
+    _, config = serve_app
+    deadline = time.monotonic() + timeout_s
+    while True:
+        deployment = serve.status().applications[config.server.app_name].deployments["Generator"]
+        running = deployment.replica_states.get("RUNNING", 0)
+        if running == GENERATOR_REPLICAS and len(generator_replicas()) == GENERATOR_REPLICAS:
+            return
+        assert time.monotonic() < deadline, f"the Generators did not come back: {deployment}"
+        time.sleep(1)
