@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from generation.models import cache_dir
 from pipeline.config import Config
 from retrieval import STDLIB
 
@@ -21,6 +20,8 @@ def index_dir(config: Config) -> Path:
     retrieval = config.retrieval
     if retrieval.index_dir is not None:
         return Path(retrieval.index_dir)
+    from generation.models import cache_dir  # torch: only for the default location
+
     if retrieval.corpus == STDLIB:
         name = STDLIB
     else:
@@ -34,17 +35,22 @@ def ensure_index(config: Config, progress: bool = True) -> Path:
     checksums) so that a bad one fails here, in seconds, rather than in a replica. The default
     location is built from `retrieval.corpus` first if it does not exist yet; an explicit
     `retrieval.index_dir` that does not exist is a FileNotFoundError saying how to build it."""
-    from retrieval import BuildConfig, build_index, check_index_dir, read_corpus
+    from retrieval import check_index_dir
 
     path = index_dir(config)
     if not path.exists():  # retrieval writes index folders atomically: present means complete
         if config.retrieval.index_dir is not None:
             raise _missing(path, config)
-        corpus = config.retrieval.corpus
-        print(f"building the {corpus!r} index into {path} (once)", flush=True)
-        build_index(read_corpus(corpus), config=BuildConfig(progress=progress), out=path)
+        _build(config.retrieval.corpus, path, progress)
     check_index_dir(path)
     return path
+
+
+def _build(corpus: str, path: Path, progress: bool) -> None:
+    from retrieval import BuildConfig, build_index, read_corpus  # the embedder: seconds to import
+
+    print(f"building the {corpus!r} index into {path} (once)", flush=True)
+    build_index(read_corpus(corpus), config=BuildConfig(progress=progress), out=path)
 
 
 def open_index(config: Config):
