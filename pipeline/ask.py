@@ -50,8 +50,13 @@ def run(args: argparse.Namespace) -> int:
         return 1
     from pipeline.rag import RagPipeline
     from pipeline.resources import ensure_index
+    from retrieval import RetrievalError
 
-    ensure_index(config)
+    try:
+        ensure_index(config)
+    except (RetrievalError, OSError) as exc:  # no index there, or a broken one
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     pipeline = RagPipeline.load(config)
     renderer, answer = RagRenderer(uuid.uuid4().hex), Answer()
     stream = (

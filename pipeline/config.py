@@ -74,6 +74,9 @@ class LimitsSection(_Section):
     max_top_k: int = Field(20, ge=1)
     max_input_chars: int = Field(16_000, ge=1)  # question / prompt / all messages together
     max_body_bytes: int = Field(1_000_000, ge=1024)
+    # The whole body must arrive within this (else 408): a client that sends it slowly, or
+    # never, holds one of the ingress's max_ongoing_requests slots until then.
+    body_timeout_s: float = Field(10.0, gt=0)
     max_stop: int = Field(4, ge=0)
 
 
@@ -112,6 +115,12 @@ class ServerSection(_Section):
     app_name: str = "lookahead-rag"
     ray_address: str | None = None  # None: start a local Ray bound to loopback
     ray_num_cpus: int | None = Field(None, ge=1)  # local Ray only; None: every core
+    # API keys (`Authorization: Bearer KEY`): any of these or of the file's lines. None of
+    # either: no authentication. A file that holds no key refuses everyone.
+    api_keys: tuple[SecretStr, ...] = ()
+    api_key_file: Path | None = None  # one key a line; re-read when it changes
+    # Paths answered without a key: exact paths or shell-style patterns ("/static/*").
+    open_paths: tuple[str, ...] = ("/healthz", "/metrics", "/", "/static/*")
 
 
 class Config(_Section):

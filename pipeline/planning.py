@@ -8,12 +8,17 @@ Planning comes before retrieval: it says what to look up and how many passages t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.text import is_blank, unicode_problem
 from pipeline.wire import GenerationJob
+
+# Sampling at a temperature this close to 0 is greedy decoding in all but name (its limit), and
+# dividing the logits by it overflows them to inf: such a request decodes greedily.
+MIN_TEMPERATURE = 1e-4
 
 
 class PlanError(ValueError):
@@ -53,6 +58,15 @@ class JobRequest:
             return self.prompt
         return self.messages[-1]["content"] if self.messages else ""
 
+    def texts(self) -> Iterator[tuple[str, Any]]:
+        """(field, text) for every text of the request: the prompt, messages and stops."""
+        if self.prompt is not None:
+            yield "prompt", self.prompt
+        for i, message in enumerate(self.messages):
+            yield f"messages[{i}].content", message["content"]
+        for i, stop in enumerate(self.stop):
+            yield f"stop[{i}]", stop
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -69,8 +83,11 @@ class Plan:
 def plan_job(request: JobRequest, config: Config) -> Plan:
     """Apply the settings' defaults and limits to `request`; raises `PlanError`."""
     limits = config.limits
-    if not isinstance(request.query, str) or not request.query.strip():
+    if not isinstance(request.query, str) or is_blank(request.query):
         raise PlanError("the question must not be empty", _text_param(request), "invalid_value")
+    for param, text in request.texts():
+        if isinstance(text, str) and (problem := unicode_problem(text)):
+            raise PlanError(f"{param} is {problem}", param, "invalid_value")
     chars = len(request.prompt or "") + sum(len(m["content"]) for m in request.messages)
     if chars > limits.max_input_chars:
         raise PlanError(
@@ -92,7 +109,7 @@ def plan_job(request: JobRequest, config: Config) -> Plan:
         max_tokens=max_tokens,
         stop=tuple(request.stop),
         lookahead=request.lookahead and config.generation.lookahead,
-        temperature=request.temperature,
+        temperature=request.temperature if request.temperature >= MIN_TEMPERATURE else 0.0,
         top_p=request.top_p,
         repetition_penalty=request.repetition_penalty,
         seed=request.seed,

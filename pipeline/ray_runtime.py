@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,6 +111,49 @@ def stop(config: Config) -> None:
     else:
         serve.shutdown()
     ray.shutdown()
+
+
+class DeployError(RuntimeError):
+    """An application did not deploy; the message names each failed deployment and why."""
+
+
+# The last line of a Python traceback that states an exception: "package.module.Error: message".
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*): (.*)$", re.MULTILINE)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def deploy_app(app: serve.Application, name: str, route_prefix: str | None) -> None:
+    """`serve.run`, failing with the root cause. Serve's own error says only which deployments
+    failed ("Failed to update the deployments ['Retriever']"); the exception that failed a
+    replica's constructor is in that deployment's status, at the end of a traceback."""
+    try:
+        serve.run(app, name=name, route_prefix=route_prefix)
+    except RuntimeError as exc:
+        raise DeployError(_failures(name) or str(exc)) from None
+
+
+def _failures(name: str) -> str | None:
+    try:
+        status = serve.status().applications.get(name)
+    except Exception:  # the status is a courtesy: the deploy has failed either way
+        return None
+    failed = [
+        f"the {deployment} deployment failed to start: {root_cause(info.message)}"
+        for deployment, info in (status.deployments.items() if status else ())
+        if info.status in ("DEPLOY_FAILED", "UNHEALTHY")
+    ]
+    return f"deploying {name} failed: " + "; ".join(failed) if failed else None
+
+
+def root_cause(message: str) -> str:
+    """`ErrorType: message` of the last exception a traceback text states (the one that was
+    raised last), or the text's first line when it states none."""
+    text = _ANSI.sub("", message)
+    found = _EXCEPTION_LINE.findall(text)
+    if not found:
+        return text.strip().splitlines()[0] if text.strip() else "no reason given"
+    qualified, reason = found[-1]
+    return f"{qualified.rsplit('.', 1)[-1]}: {reason}"
 
 
 def http_url(config: Config) -> str:

@@ -1,7 +1,9 @@
 """The service's index: where it lives, built once on first use, opened with a clear error.
 
 The default corpus is the embedded stdlib docs, so a fresh machine gets a working index with no
-download; it is built once into the cache directory and reused by every later run.
+download; it is built once into the cache directory and reused by every later run. Only that
+default location is built on its own: an index directory named explicitly must hold an index
+already (a mistyped `--index` must not quietly become a new index of another corpus).
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from generation.models import cache_dir
 from pipeline.config import Config
 from retrieval import STDLIB
 
@@ -19,6 +20,8 @@ def index_dir(config: Config) -> Path:
     retrieval = config.retrieval
     if retrieval.index_dir is not None:
         return Path(retrieval.index_dir)
+    from generation.models import cache_dir  # torch: only for the default location
+
     if retrieval.corpus == STDLIB:
         name = STDLIB
     else:
@@ -28,15 +31,26 @@ def index_dir(config: Config) -> Path:
 
 
 def ensure_index(config: Config, progress: bool = True) -> Path:
-    """The index directory, built from `retrieval.corpus` first if it does not exist yet."""
-    from retrieval import BuildConfig, build_index, read_corpus
+    """The index directory, checked whole (`retrieval.check_index_dir`: manifest, sizes,
+    checksums) so that a bad one fails here, in seconds, rather than in a replica. The default
+    location is built from `retrieval.corpus` first if it does not exist yet; an explicit
+    `retrieval.index_dir` that does not exist is a FileNotFoundError saying how to build it."""
+    from retrieval import check_index_dir
 
     path = index_dir(config)
     if not path.exists():  # retrieval writes index folders atomically: present means complete
-        corpus = config.retrieval.corpus
-        print(f"building the {corpus!r} index into {path} (once)", flush=True)
-        build_index(read_corpus(corpus), config=BuildConfig(progress=progress), out=path)
+        if config.retrieval.index_dir is not None:
+            raise _missing(path, config)
+        _build(config.retrieval.corpus, path, progress)
+    check_index_dir(path)
     return path
+
+
+def _build(corpus: str, path: Path, progress: bool) -> None:
+    from retrieval import BuildConfig, build_index, read_corpus  # the embedder: seconds to import
+
+    print(f"building the {corpus!r} index into {path} (once)", flush=True)
+    build_index(read_corpus(corpus), config=BuildConfig(progress=progress), out=path)
 
 
 def open_index(config: Config):
@@ -45,9 +59,13 @@ def open_index(config: Config):
 
     path = index_dir(config)
     if not path.exists():
-        raise FileNotFoundError(
-            f"no index at {path}: build it with `lookahead-rag index --corpus "
-            f"{config.retrieval.corpus} --out {path}`, or start with `lookahead-rag serve`, "
-            "which builds the configured corpus first"
-        )
+        raise _missing(path, config)
     return load_index(path)
+
+
+def _missing(path: Path, config: Config) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"no index at {path}: build it with `lookahead-rag index --corpus "
+        f"{config.retrieval.corpus} --out {path}`, or leave retrieval.index_dir (--index) unset "
+        "to use the default index, which is built on first use"
+    )

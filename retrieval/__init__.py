@@ -32,6 +32,7 @@ _EXPORTS = {
     "Index": "retrieval.index",
     "build_index": "retrieval.index",
     "load_index": "retrieval.index",
+    "check_index_dir": "retrieval.store",
 }
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "Passage",
     "RetrievalError",
     "build_index",
+    "check_index_dir",
     "chunk_documents",
     "load_embedder",
     "load_index",
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
     from retrieval.errors import CorpusError, EmbedderLoadError, IndexFormatError, RetrievalError
     from retrieval.index import BuildConfig, Index, build_index, load_index
     from retrieval.stdlib_docs import stdlib_documents
+    from retrieval.store import check_index_dir
 
 
 def __getattr__(name: str) -> Any:

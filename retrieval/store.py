@@ -114,13 +114,22 @@ def write_index_dir(path: str | Path, stored: StoredIndex) -> Manifest:
     return manifest
 
 
-def read_index_dir(path: str | Path, verify: bool = True) -> StoredIndex:
-    """Load and check an index directory; `verify=False` skips the checksums (sizes are
-    always checked)."""
+def check_index_dir(path: str | Path, verify: bool = True) -> Manifest:
+    """The manifest of a complete and intact index directory, checked without loading it:
+    every file there with its size and, unless `verify=False`, its checksum. Cheap next to a
+    load, so a service can refuse a bad index before it starts anything."""
     root = Path(path)
     manifest = read_manifest(root)
     for name, entry in manifest.files.items():
         _check_file(root / name, entry, verify)
+    return manifest
+
+
+def read_index_dir(path: str | Path, verify: bool = True) -> StoredIndex:
+    """Load and check an index directory; `verify=False` skips the checksums (sizes are
+    always checked)."""
+    root = Path(path)
+    manifest = check_index_dir(root, verify)
     try:
         index = faiss.read_index(str(root / INDEX_FILE))
     except RuntimeError as exc:

@@ -30,6 +30,7 @@ from pipeline.jobs.batch_io import (
     Summary,
     failed_record,
     invalid_record,
+    row_key,
     write_part,
 )
 from pipeline.model_thread import ModelThread
@@ -112,13 +113,12 @@ class GenerateStage:
 
     def _generate(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         records = []
-        for i in range(len(batch["id"])):
-            error = batch["error"][i]
+        for i in range(len(batch["row"])):
             row = {
                 "row": int(batch["row"][i]),
-                "id": str(batch["id"][i]),
+                "id": _string_or_none(batch["id"][i]),
                 "question": str(batch["question"][i]),
-                "error": error if isinstance(error, str) else None,  # an all-null column is NaN
+                "error": _string_or_none(batch["error"][i]),
             }
             records.append(json.dumps(self._record(row, batch["passages"][i])))
         self.answer.flush()
@@ -137,19 +137,23 @@ class GenerateStage:
         return {**row, "status": OK, "error": None, **answered}
 
 
+def _string_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None  # a null is None, or NaN in an all-null column
+
+
 def run_batch(
     questions: pa.Table,
     out_dir: Path,
     stages: Stages,
     options: BatchOptions = BatchOptions(),
-    skip: frozenset[str] = frozenset(),
+    skip: frozenset[str | int] = frozenset(),
     ray_session: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> Summary:
-    """Answer every row of `questions` whose id is not in `skip`; write the records under
+    """Answer every row of `questions` whose `row_key` is not in `skip`; write the records under
     `out_dir`. Ray is used inside `ray_session()`, entered only when a row needs answering
     (e.g. `ray_runtime.connected`; the default expects Ray initialised already). The summary's
     time starts once Ray is up: it counts the actors' model loading, not Ray's start."""
-    rows = [r for r in questions.to_pylist() if r["id"] not in skip]
+    rows = [r for r in questions.to_pylist() if row_key(r) not in skip]
     valid = [r for r in rows if not r["error"]]
     with ray_session() if valid else nullcontext():
         start = time.perf_counter()

@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline.config import Config, add_config_arguments, config_from_args
 from pipeline.jobs.batch import BatchOptions, Search, Stages, run_batch
-from pipeline.jobs.batch_io import FORMATS, read_questions, settled_ids
+from pipeline.jobs.batch_io import FORMATS, read_questions, settled_keys
 from pipeline.planning import JobRequest, plan_job
 from pipeline.wire import Answer, GenerationJob
 
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # the whole file is unusable; a bad row is only that row's error
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    skip = frozenset(settled_ids(args.out)) if args.resume else frozenset()
+    skip = frozenset(settled_keys(args.out)) if args.resume else frozenset()
     options = BatchOptions(
         retrieve_actors=args.retrieve_actors,
         generate_actors=args.actors,

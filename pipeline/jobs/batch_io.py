@@ -1,9 +1,12 @@
 """Files of the batch job: questions in, answer records out, and what a rerun may skip.
 
-Bad input never fails the job: a line that is not JSON, a question that is empty or too long,
-a duplicate id, each becomes a record with status `invalid` and the reason. Output goes to a
-directory of part files, each written to a temporary name and renamed when complete, so an
-interrupted job leaves only whole parts and `--resume` trusts every part it finds.
+Bad input never fails the job: a line that is not JSON, a question that is empty, too long or
+not valid Unicode, a duplicate id, each becomes a record with status `invalid` and the reason.
+A row is known by the `id` it gives (a string) or, when it gives none, by its row number (an
+int, `row_key`): the two never collide, so a duplicate is only a second row with the same
+given id, and `--resume` never mistakes one row for another. Output goes to a directory of part
+files, each written to a temporary name and renamed when complete, so an interrupted job leaves
+only whole parts and `--resume` trusts every part it finds.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.text import is_blank, printable, unicode_problem
+
 OK, INVALID, FAILED = "ok", "invalid", "failed"
 FORMATS = ("jsonl", "parquet")
 
 QUESTION_SCHEMA = pa.schema(
     [
         ("row", pa.int64()),  # 1-based line (JSONL) or row (Parquet) of the input
-        ("id", pa.string()),  # the input's `id`, else the row number
+        ("id", pa.string()),  # the input's `id`; null when it gives none (see `row_key`)
         ("question", pa.string()),
         ("error", pa.string()),  # why the row cannot be answered; null when it can
     ]
@@ -84,11 +89,11 @@ def _jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue  # blank lines (a trailing newline) are not rows
-            row: dict[str, Any] = {"row": number, "id": str(number), "question": None}
+            row: dict[str, Any] = {"row": number, "id": None, "question": None}
             try:
                 item = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield {**row, "error": f"invalid JSON: {exc.msg} at column {exc.colno}"}
+                yield {**row, "error": f"invalid JSON: {exc.msg}: column {exc.colno}"}
                 continue
             if not isinstance(item, dict):
                 yield {**row, "error": f"expected a JSON object, got {type(item).__name__}"}
@@ -102,19 +107,25 @@ def _parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
         raise ValueError(f"questions file {path} has no `question` column: {table.column_names}")
     columns = ["question", "id"] if "id" in table.column_names else ["question"]
     for number, item in enumerate(table.select(columns).to_pylist(), start=1):
-        yield {"row": number, "id": str(number), **_fields(item)}
+        yield {"row": number, **_fields(item)}
 
 
 def _fields(item: dict[str, Any]) -> dict[str, Any]:
-    fields: dict[str, Any] = {"error": None}
-    if item.get("id") is not None:
-        fields["id"] = str(item["id"])
-    question = item.get("question")
-    if isinstance(question, str):
-        fields["question"] = question
+    """`id`, `question` and the first `error` of one parsed row; text that is not valid
+    Unicode is kept printable (it must still be written out), and such an id is no id."""
+    fields: dict[str, Any] = {"id": None, "question": None, "error": None}
+    given = None if item.get("id") is None else str(item["id"])
+    if given is not None and (problem := unicode_problem(given)):
+        fields["error"] = f"`id` is {problem}"
     else:
-        fields["question"] = None
+        fields["id"] = given
+    question = item.get("question")
+    if not isinstance(question, str):
         fields["error"] = f"`question` must be a string, got {type(question).__name__}"
+    elif problem := unicode_problem(question):
+        fields["question"], fields["error"] = printable(question), f"question is {problem}"
+    else:
+        fields["question"] = question
     return fields
 
 
@@ -122,14 +133,21 @@ def _checked(rows: list[dict[str, Any]], max_chars: int) -> list[dict[str, Any]]
     seen: set[str] = set()
     for row in rows:
         question = row["question"]
-        if row["error"] is None and not question.strip():
+        if row["error"] is None and is_blank(question):
             row["error"] = "empty question"
         elif row["error"] is None and len(question) > max_chars:
             row["error"] = f"question too long: {len(question)} characters > {max_chars}"
         elif row["id"] in seen:
             row["error"] = f"duplicate id {row['id']!r}"
-        seen.add(row["id"])
+        if row["id"] is not None:
+            seen.add(row["id"])
     return rows
+
+
+def row_key(row: dict[str, Any]) -> str | int:
+    """What identifies a row (or its record) across runs: the id it gave, else its row number.
+    An id is a string and a row number an int, so one can never be taken for the other."""
+    return row["row"] if row["id"] is None else row["id"]
 
 
 def invalid_record(row: dict[str, Any]) -> dict[str, Any]:
@@ -186,20 +204,21 @@ def read_records(out_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
-def final_records(out_dir: Path) -> dict[str, dict[str, Any]]:
-    """One record per id: a row retried by `--resume` after a failure has both records on
-    disk (parts are never rewritten); the settled one wins."""
-    final: dict[str, dict[str, Any]] = {}
+def final_records(out_dir: Path) -> dict[str | int, dict[str, Any]]:
+    """One record per row, by `row_key`: a row retried by `--resume` after a failure has both
+    records on disk (parts are never rewritten); the settled one wins."""
+    final: dict[str | int, dict[str, Any]] = {}
     for record in read_records(out_dir):
-        if record["id"] not in final or record["status"] != FAILED:
-            final[record["id"]] = record
+        key = row_key(record)
+        if key not in final or record["status"] != FAILED:
+            final[key] = record
     return final
 
 
-def settled_ids(out_dir: Path) -> set[str]:
-    """Ids a resumed run skips: answered, or invalid (the same input fails the same way).
-    Rows that failed while answering are tried again."""
-    return {r["id"] for r in read_records(out_dir) if r["status"] in (OK, INVALID)}
+def settled_keys(out_dir: Path) -> set[str | int]:
+    """The rows (`row_key`) a resumed run skips: answered, or invalid (the same input fails the
+    same way). Rows that failed while answering are tried again."""
+    return {row_key(r) for r in read_records(out_dir) if r["status"] in (OK, INVALID)}
 
 
 @dataclass(frozen=True)

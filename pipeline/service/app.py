@@ -25,12 +25,13 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from pipeline.config import Config, load_config
-from pipeline.service.errors import BackendUnavailableError
+from pipeline.service.errors import BackendUnavailableError, ReplicaDiedError
 from pipeline.service.routes import build_api
 from pipeline.service.scheduler import StepScheduler
 from pipeline.wire import Event, GenerationJob
 
-_DOWN = (RayActorError, ActorUnavailableError, BackPressureError, DeploymentUnavailableError)
+_DIED = (RayActorError, ActorUnavailableError)  # the replica that ran the request
+_DOWN = (BackPressureError, DeploymentUnavailableError)  # no replica could take it
 HEALTH_TIMEOUT_S = 5.0
 
 
@@ -78,9 +79,12 @@ class Generator:
 
 @contextmanager
 def _reachable(part: str) -> Iterator[None]:
-    """Ray's ways of saying a replica is gone or full -> 503; the request's own error -> itself."""
+    """Ray's ways of saying a replica is gone or full -> 503 (`ReplicaDiedError` when the one
+    running the request died: it may run again elsewhere); the request's own error -> itself."""
     try:
         yield
+    except _DIED as exc:
+        raise ReplicaDiedError(f"the {part} is unavailable: {type(exc).__name__}") from exc
     except _DOWN as exc:
         raise BackendUnavailableError(f"the {part} is unavailable: {type(exc).__name__}") from exc
     except RayTaskError as exc:

@@ -3,7 +3,7 @@ code}}` with the status code a client can act on (4xx: fix the request; 503: ret
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 
 from pipeline.planning import PlanError
 from pipeline.service.schemas import error_body
+from pipeline.text import printable
 from pipeline.wire import ContextTooLongError
 
 
@@ -25,6 +26,7 @@ class ApiError(Exception):
         type_: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(status, message, type_, param, code)
         self.status, self.message, self.type, self.param, self.code = (
@@ -34,15 +36,22 @@ class ApiError(Exception):
             param,
             code,
         )
+        self.headers = dict(headers or {})  # e.g. `Allow` on a 405
 
     def response(self) -> JSONResponse:
-        return JSONResponse(
-            error_body(self.message, self.type, self.param, self.code), status_code=self.status
-        )
+        # A message or field name may quote the client's text, lone surrogates and all.
+        param = None if self.param is None else printable(self.param)
+        body = error_body(printable(self.message), self.type, param, self.code)
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 class BackendUnavailableError(RuntimeError):
     """A retriever or generator cannot be reached (down, restarting, overloaded)."""
+
+
+class ReplicaDiedError(BackendUnavailableError):
+    """The replica running a request died (or became unreachable) while it did: the request
+    may run again on another replica."""
 
 
 def to_api_error(exc: Exception) -> ApiError:
@@ -76,6 +85,8 @@ def validation_error(exc: RequestValidationError) -> ApiError:
         detail = first.get("ctx", {}).get("error", "malformed JSON")
         return ApiError(400, f"request body is not valid JSON: {detail}", code="invalid_json")
     param = _param(loc)
+    if kind == "string_unicode":  # pydantic refuses a field *name* that is not Unicode
+        return ApiError(400, "a field name is not valid Unicode", param=param, code="invalid_value")
     if param is None or kind == "model_attributes_type":
         return ApiError(
             400,
@@ -88,6 +99,28 @@ def validation_error(exc: RequestValidationError) -> ApiError:
         return ApiError(400, f"unknown field {param!r}", param=param, code="unknown_field")
     message = first["msg"].removeprefix("Value error, ")
     return ApiError(400, f"invalid {param!r}: {message}", param=param, code="invalid_value")
+
+
+_HTTP_CODES = {
+    400: "invalid_json",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "request_too_large",
+}
+
+
+def http_error(request: Request, exc: HTTPException) -> ApiError:
+    """Starlette's and FastAPI's own refusals (no route, wrong method, a body that cannot be
+    read), and the request context's (408, 413), in the API's shape, headers kept."""
+    status, message = exc.status_code, str(exc.detail)
+    if status in (404, 405):
+        message = f"{request.method} {request.url.path}: {message.lower()}; see /docs"
+    elif status == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        message = f"request body is not valid UTF-8 JSON: {exc.__cause__.reason}"
+    elif status == 400:  # FastAPI could not read the body as JSON
+        message = "request body could not be read as JSON"
+    return ApiError(status, message, code=_HTTP_CODES.get(status), headers=exc.headers)
 
 
 def install_error_handlers(app: FastAPI, on_error: Callable[[Request, ApiError], None]) -> None:
@@ -104,12 +137,7 @@ def install_error_handlers(app: FastAPI, on_error: Callable[[Request, ApiError],
         return render(request, validation_error(exc))
 
     async def on_http(request: Request, exc: HTTPException) -> JSONResponse:
-        status, message = exc.status_code, str(exc.detail)
-        if status in (404, 405):
-            message = f"{request.method} {request.url.path}: {message.lower()}; see /docs"
-        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-        error = ApiError(status, message, code=code.get(status))
-        return render(request, error)
+        return render(request, http_error(request, exc))
 
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)

@@ -133,6 +133,18 @@ class Metrics:
             "lookahead_rag_completion_tokens", "tokens generated", registry=r
         )
         self.prompt_tokens = Counter("lookahead_rag_prompt_tokens", "prompt tokens", registry=r)
+        self.cancelled = Counter(
+            "lookahead_rag_cancelled_requests",
+            "generating requests that ended before their answer: the client left or the "
+            "request was cancelled",
+            ["endpoint"],
+            registry=r,
+        )
+        self.cancelled_tokens = Counter(
+            "lookahead_rag_cancelled_tokens",
+            "tokens generated for cancelled requests (those the ingress had received)",
+            registry=r,
+        )
         self.steps = Counter(
             "lookahead_rag_decode_steps", "forward passes of the decode loop", registry=r
         )
@@ -189,11 +201,13 @@ class Trace:
     endpoint: str
     started: float
     last: float | None = None
+    tokens: int = 0
 
     def on_tokens(self, n_tokens: int) -> None:
         """A decoding step's tokens arrived: the first ones set TTFT, later ones the ITL."""
         if not n_tokens:
             return
+        self.tokens += n_tokens
         now = time.perf_counter()
         if self.last is None:
             self.metrics.ttft.labels(self.endpoint).observe(now - self.started)
@@ -207,3 +221,8 @@ class Trace:
         self.metrics.record_answer(
             self.endpoint, time.perf_counter() - self.started, prompt_tokens, finished
         )
+
+    def on_cancel(self) -> None:
+        """The request ended before its answer did: the tokens so far were made for nobody."""
+        self.metrics.cancelled.labels(self.endpoint).inc()
+        self.metrics.cancelled_tokens.inc(self.tokens)

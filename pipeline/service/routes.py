@@ -5,16 +5,22 @@ the web page at `/` (`pipeline.service.page`).
 The Serve ingress builds it over deployment handles (`pipeline.service.app`); the HTTP layer's
 own tests build it over a stand-in. A generating request is planned (`pipeline.planning`),
 retrieved for, then waits for the Generator's `Started` event, so a request that cannot run
-(too long, backend down) gets its proper status code before any byte of a stream is sent.
+(too long, backend down) gets its proper status code before any byte of a stream is sent. A
+request whose Generator replica dies before the client has seen any of it runs once more
+(Serve routes it to a live replica): a whole response until it is complete, a stream until its
+`Started`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
@@ -22,11 +28,13 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipeline.config import Config
+from pipeline.config import Config, LimitsSection
 from pipeline.planning import JobRequest, plan_job
-from pipeline.service.errors import ApiError, install_error_handlers
+from pipeline.service.auth import ApiKeyMiddleware, ApiKeys
+from pipeline.service.errors import ApiError, ReplicaDiedError, install_error_handlers
 from pipeline.service.metrics import CONTENT_TYPE, Metrics, Trace
 from pipeline.service.page import router as page_router
+from pipeline.service.openapi import install_openapi
 from pipeline.service.rendering import (
     ChatRenderer,
     CompletionRenderer,
@@ -42,6 +50,9 @@ from pipeline.service.schemas import (
     RagRequest,
 )
 from pipeline.wire import Answer, Delta, Event, GenerationJob, Started
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REQUEST_ID = "x-request-id"
 _STARTED = int(time.time())  # the `created` of the model card
@@ -77,30 +88,46 @@ def endpoint_label(path: str) -> str:
 
 
 class RequestContextMiddleware:
-    """Give every request an id (the caller's `x-request-id`, or a new one), count it, and cap
-    its body size (a 413 in the API's error shape, which FastAPI's own limit does not give).
+    """Give every request an id (the caller's `x-request-id`, or a new one), count its response
+    by status, and bound its body: in size (a 413 in the API's error shape, which FastAPI's own
+    limit does not give) and in time (a 408 once `limits.body_timeout_s` has passed since the
+    request arrived without the whole body, so that a slow client frees its slot).
 
-    Under Ray Serve the proxy already echoes the id on every response, so `echo` is off there
-    (two copies of the header would reach the client); standalone, this adds it."""
+    It is the outermost layer (`Api`), so it counts every response, the 500s that Starlette's
+    own error middleware renders included. Under Ray Serve the proxy already echoes the id on
+    every response, so `echo` is off there (two copies of the header would reach the client);
+    standalone, this adds it."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, echo: bool, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, echo: bool, limits: LimitsSection) -> None:
         self.app, self.metrics, self.echo = app, metrics, echo
-        self.max_body_bytes = max_body_bytes
+        self.max_body_bytes, self.body_timeout_s = limits.max_body_bytes, limits.body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request_id = Headers(scope=scope).get(REQUEST_ID) or uuid.uuid4().hex
+        arrived = time.perf_counter()
         state = scope.setdefault("state", {})
-        state["request_id"], state["arrived"] = request_id, time.perf_counter()
+        state["request_id"], state["arrived"] = request_id, arrived
         endpoint = endpoint_label(scope["path"])
-        received = 0
+        received, body_done = 0, False
 
         async def receive_capped() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # from now on only a disconnect can come, whenever it does
+                return await receive()
+            left = arrived + self.body_timeout_s - time.perf_counter()
+            try:
+                message = await asyncio.wait_for(receive(), max(left, 0.0))
+            except asyncio.TimeoutError:
+                raise HTTPException(
+                    408,
+                    f"the request body did not arrive within {self.body_timeout_s:g} s",
+                    headers={"Connection": "close"},  # the rest of the body is never read
+                ) from None
             received += len(message.get("body", b""))
+            body_done = not message.get("more_body", False)
             if received > self.max_body_bytes:
                 raise HTTPException(413, f"request body exceeds {self.max_body_bytes} bytes")
             return message
@@ -113,6 +140,18 @@ class RequestContextMiddleware:
             await send(message)
 
         await self.app(scope, receive_capped, send_with_id)
+
+
+class Api(FastAPI):
+    """FastAPI with `RequestContextMiddleware` outermost. Starlette puts its own
+    ServerErrorMiddleware outside every middleware added the usual way, and the 500s it renders
+    must be counted and carry the request id too."""
+
+    request_context: Callable[[ASGIApp], ASGIApp] | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app = super().build_middleware_stack()
+        return app if self.request_context is None else self.request_context(app)
 
 
 router = APIRouter()
@@ -175,20 +214,26 @@ def build_api(
     metrics: Metrics | None = None,
 ) -> FastAPI:
     metrics = metrics or Metrics()
-    app = FastAPI(
+    app = Api(
         title="lookahead-rag",
         description="RAG answers decoded with lossless lookahead decoding",
     )
     app.state.service = Service(backend, config, metrics)
-    app.add_middleware(
-        RequestContextMiddleware,
-        metrics=metrics,
-        echo=echo_request_id,
-        max_body_bytes=config.limits.max_body_bytes,
+    app.request_context = partial(
+        RequestContextMiddleware, metrics=metrics, echo=echo_request_id, limits=config.limits
     )
+    keys = ApiKeys.from_config(config.server)
+    if keys is not None:
+        app.add_middleware(
+            ApiKeyMiddleware,
+            keys=keys,
+            open_paths=config.server.open_paths,
+            on_refused=_count_error,
+        )
     install_error_handlers(app, _count_error)
     app.include_router(router)
     app.include_router(page_router)
+    install_openapi(app, config)
     return app
 
 
@@ -214,30 +259,62 @@ async def _generate(request: Request, job_request: JobRequest, renderer: Rendere
     passages = (
         await service.backend.retrieve(plan.query, plan.retrieve_k) if plan.retrieve_k else ()
     )
-    trace = service.metrics.trace(endpoint_label(request.url.path), request.state.arrived)
-    events = _traced(service.backend.generate(plan.job(passages)), trace)
+    run = _Run(service, plan.job(passages), endpoint_label(request.url.path), request.state.arrived)
+    if not stream:
+        return renderer.complete(await _once_more_if_the_replica_died(run.whole))
+    started, events = await _once_more_if_the_replica_died(run.start)
+    body = sse(started, events, renderer, lambda error: _count_error(request, error))
+    return StreamingResponse(body, media_type="text/event-stream")
+
+
+async def _once_more_if_the_replica_died(attempt: Callable[[], Awaitable[T]]) -> T:
+    """`attempt()`; if the replica running it died, a second time, which Serve sends to a live
+    replica. Only for what the client has seen nothing of yet."""
     try:
-        started = await anext(events)
-    except BaseException:
-        await events.aclose()
-        raise
-    if not isinstance(started, Started):
-        raise RuntimeError(f"the generator sent {type(started).__name__} before Started")
-    if stream:
-        body = sse(started, events, renderer, lambda error: _count_error(request, error))
-        return StreamingResponse(body, media_type="text/event-stream")
-    answer = Answer()
-    answer.add(started)
-    try:
-        async for event in events:
-            answer.add(event)
-    finally:
-        await events.aclose()
-    return renderer.complete(answer)
+        return await attempt()
+    except ReplicaDiedError as exc:
+        logger.warning("%s; running the request again", exc)
+        return await attempt()
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One generation job as the ingress runs it: each attempt is traced for the metrics."""
+
+    service: Service
+    job: GenerationJob
+    endpoint: str
+    arrived: float
+
+    async def start(self) -> tuple[Started, AsyncIterator[Event]]:
+        """The Generator's `Started`, and the events that follow it."""
+        trace = self.service.metrics.trace(self.endpoint, self.arrived)
+        events = _traced(self.service.backend.generate(self.job), trace)
+        try:
+            started = await anext(events)
+            if not isinstance(started, Started):
+                raise RuntimeError(f"the generator sent {type(started).__name__} before Started")
+        except BaseException:
+            await events.aclose()
+            raise
+        return started, events
+
+    async def whole(self) -> Answer:
+        """Every event, folded into the answer."""
+        started, events = await self.start()
+        answer = Answer()
+        answer.add(started)
+        try:
+            async for event in events:
+                answer.add(event)
+        finally:
+            await events.aclose()
+        return answer
 
 
 async def _traced(events: AsyncIterator[Event], trace: Trace) -> AsyncIterator[Event]:
     started: Started | None = None
+    finished = False
     try:
         async for event in events:
             if isinstance(event, Started):
@@ -246,6 +323,11 @@ async def _traced(events: AsyncIterator[Event], trace: Trace) -> AsyncIterator[E
                 trace.on_tokens(event.n_tokens)
             elif started is not None:
                 trace.on_finish(started.prompt_tokens, event)
+                finished = True
             yield event
+    except (GeneratorExit, asyncio.CancelledError):  # the client left, or the request was cut
+        if not finished:
+            trace.on_cancel()
+        raise
     finally:
         await events.aclose()

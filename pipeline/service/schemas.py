@@ -1,28 +1,58 @@
 """Request and response bodies of the HTTP API: `/v1/rag` and the OpenAI-compatible endpoints.
 
-Requests are strict (a string is never coerced into a number) and check their own shape; the
-limits that come from the config (`max_tokens`, `top_k`, input size) are checked when the
-request is planned (`pipeline.planning`). The OpenAI models ignore fields they do not know, as
-OpenAI clients send many optional ones; `/v1/rag` is ours and refuses unknown fields. Responses
-carry the wire types (`SourceRef`, `AnswerStats`) as they are.
+Requests are strict (a string is never coerced into a number) and check their own shape; every
+text must be valid Unicode and the ones that must say something must not be blank
+(`pipeline.text`). The limits that come from the config (`max_tokens`, `top_k`, input size) are
+checked when the request is planned (`pipeline.planning`), and stated in the OpenAPI schema by
+`pipeline.service.openapi`. The OpenAI models ignore fields they do not know, as OpenAI clients
+send many optional ones; `/v1/rag` is ours and refuses unknown fields. Responses carry the wire
+types (`SourceRef`, `AnswerStats`) as they are.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+)
 
+from pipeline.text import VISIBLE, is_blank, unicode_problem
 from pipeline.wire import AnswerStats, SourceRef
 
 
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty or only whitespace")
+def _unicode(value: str) -> str:
+    if problem := unicode_problem(value):
+        raise ValueError(problem)
     return value
 
 
-NonBlank = Annotated[str, AfterValidator(_not_blank)]
+def _not_blank(value: str) -> str:
+    if is_blank(value):
+        raise ValueError("must not be empty, whitespace or invisible characters only")
+    return value
+
+
+def _integral(value: Any) -> Any:
+    """JSON has one kind of number: 16.0 is the integer 16, as JSON Schema's `integer` says
+    (strings are still refused)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
+
+NON_BLANK_SCHEMA = {"type": "string", "minLength": 1, "pattern": VISIBLE}
+
+Text = Annotated[str, AfterValidator(_unicode)]
+NonBlank = Annotated[Text, AfterValidator(_not_blank), WithJsonSchema(NON_BLANK_SCHEMA)]
 
 
 class GenerationRequest(BaseModel):
@@ -30,20 +60,21 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="ignore")
 
-    max_tokens: int | None = None
+    max_tokens: Int | None = None
     # Sampling: temperature 0 is greedy. Lookahead samples from exactly the distribution plain
     # sampling does; a `seed` repeats an answer (same seed, same drafts: see the README).
     temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False)
     top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1), BeforeValidator(_integral)] | None = None
     stream: bool = False
     # Extensions: transformers' repetition penalty (1 = none), retrieval on/off, how many
     # passages go into the prompt (so `top_k` is retrieval's, not sampling's), and plain
     # decoding (lookahead off) for comparisons: the same answers under greedy decoding, the
     # same distribution of answers under sampling.
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, allow_inf_nan=False)
+    # (A penalty near 0 divides the repeated tokens' logits into inf: 0.01 is already extreme.)
+    repetition_penalty: float = Field(1.0, ge=0.01, le=10.0, allow_inf_nan=False)
     rag: bool = True
-    top_k: int | None = None
+    top_k: Int | None = None
     lookahead: bool = True
 
     def answer_tokens(self) -> int | None:
@@ -82,11 +113,48 @@ def _text_content(value: Any) -> Any:
     return "".join(p["text"] for p in value)
 
 
+_TEXT_PART = {
+    "type": "object",
+    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+    "required": ["type", "text"],
+}
+Content = Annotated[
+    Text,
+    BeforeValidator(_text_content),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}]}),
+]
+
+
+def _one_or_many(value: Any) -> Any:
+    """`stop` is one string or a list of them; one is checked here, so that its error names
+    `stop` itself rather than a branch of a union."""
+    if isinstance(value, str):
+        return [_not_blank(_unicode(value))]
+    if value is None or isinstance(value, list):
+        return value
+    raise ValueError("must be a string or a list of strings")
+
+
+Stop = Annotated[
+    list[NonBlank] | None,
+    BeforeValidator(_one_or_many),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                NON_BLANK_SCHEMA,
+                {"type": "array", "items": NON_BLANK_SCHEMA},
+                {"type": "null"},
+            ]
+        }
+    ),
+]
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[str, BeforeValidator(_text_content)]
+    content: Content
 
 
 class StreamOptions(BaseModel):
@@ -97,20 +165,18 @@ class StreamOptions(BaseModel):
 
 class _OpenAIRequest(GenerationRequest):
     model: NonBlank
-    stop: NonBlank | list[NonBlank] | None = None
-    n: Literal[1] = 1
+    stop: Stop = None
+    n: Annotated[Literal[1], BeforeValidator(_integral)] = 1
     stream_options: StreamOptions | None = None
 
     @property
     def stop_list(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        return self.stop or []
 
 
 class ChatCompletionRequest(_OpenAIRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None  # what newer OpenAI clients send for max_tokens
+    max_completion_tokens: Int | None = None  # what newer OpenAI clients send for max_tokens
 
     def answer_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_tokens is None else self.max_tokens
@@ -120,7 +186,7 @@ class ChatCompletionRequest(_OpenAIRequest):
     def _ends_with_user(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
         if messages[-1].role != "user":
             raise ValueError("the last message must come from the user")
-        if not messages[-1].content.strip():
+        if is_blank(messages[-1].content):
             raise ValueError("the last user message must not be empty")
         return messages
 

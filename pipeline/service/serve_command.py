@@ -1,18 +1,23 @@
 """`lookahead-rag serve`: the RAG service on Ray Serve until Ctrl-C or SIGTERM.
 
-Builds the configured index first if it is missing, starts (or joins) Ray, deploys the app and
-prints where it listens. `serve run configs/serve.yaml` deploys the same app without this
-command.
+Checks what the replicas will need before starting anything (the index, built first only at
+its default location; the API key file), so that a bad one fails in seconds with its own
+message; then starts (or joins) Ray, deploys the app and prints where it listens. A replica
+that still fails to start is reported by its root cause. `serve run configs/serve.yaml`
+deploys the same app without this command.
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 
 from pipeline.config import Config, add_config_arguments, config_from_args
 from pipeline.resources import ensure_index
+from pipeline.service.auth import ApiKeys
+from retrieval import RetrievalError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,12 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def deploy(config: Config) -> str:
     """Deploy the app on the running Serve instance; the base URL it answers on."""
-    from ray import serve
-
-    from pipeline.ray_runtime import http_url
+    from pipeline.ray_runtime import deploy_app, http_url
     from pipeline.service.app import build_app
 
-    serve.run(build_app(config), name=config.server.app_name, route_prefix="/")
+    deploy_app(build_app(config), name=config.server.app_name, route_prefix="/")
     return http_url(config)
 
 
@@ -37,11 +40,20 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(
         args, server__host=args.host, server__port=args.port, server__ray_address=args.ray_address
     )
-    ensure_index(config)
+    try:
+        ensure_index(config)
+        ApiKeys.from_config(config.server)  # reads the key file, as the ingress will
+    except (RetrievalError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     from pipeline import ray_runtime
 
     with ray_runtime.running(config):
-        url = deploy(config)
+        try:
+            url = deploy(config)
+        except ray_runtime.DeployError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(f"lookahead-rag serving {config.model.served_name!r} at {url} (Ctrl-C stops)")
         print(f"  try: lookahead-rag ask --url {url} 'How do I parse JSON?'", flush=True)
         _wait_for_stop()

@@ -17,6 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from pipeline.config import Config
+
 # The oldest Kubernetes KubeRay 1.x supports here, and the newest schemas shipped.
 K8S_VERSIONS = ("1.29", kubernetes_validate.latest_version())
 KUBERAY_KINDS = ("RayService", "RayJob")
@@ -134,21 +136,52 @@ def test_service_workers_are_ready_only_when_the_app_answers(rayservice: dict) -
         assert ports["serve"] == 8000
 
 
+# The Secrets deploy/README.md creates (they hold passwords and keys, so no manifest does).
+DOCUMENTED_SECRETS = {
+    "lookahead-rag-redis": {"password", "url"},
+    "lookahead-rag-api-keys": {"keys"},
+}
+API_KEY_FILE = "/etc/lookahead-rag/api-keys/keys"
+
+
 def test_references_resolve_within_the_service(rendered: dict[str, list[dict]]) -> None:
     """Jobs and service refer only to objects the service creates (or the documented
-    Secret), so nothing waits forever on a missing ConfigMap or claim."""
+    Secrets), so nothing waits forever on a missing ConfigMap, claim or Secret."""
     created = {(o["kind"], o["metadata"]["name"]) for o in rendered["service"]}
     for obj in (o for objects in rendered.values() for o in objects):
         for _, template in _pod_templates(obj):
-            for volume in template["spec"].get("volumes", []):
+            volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+            for volume in volumes.values():
                 if "persistentVolumeClaim" in volume:
                     claim = volume["persistentVolumeClaim"]["claimName"]
                     assert ("PersistentVolumeClaim", claim) in created
+                if "secret" in volume:
+                    assert volume["secret"]["secretName"] in DOCUMENTED_SECRETS
             for container in template["spec"]["containers"]:
                 for source in container.get("envFrom", []):
                     assert ("ConfigMap", source["configMapRef"]["name"]) in created
                 for env in container.get("env", []):
                     ref = env.get("valueFrom", {}).get("secretKeyRef")
                     if ref is not None:
-                        assert ref["name"] == "lookahead-rag-redis"
-                        assert ref["key"] in ("password", "url")
+                        assert ref["key"] in DOCUMENTED_SECRETS[ref["name"]]
+                for mount in container.get("volumeMounts", []):
+                    assert mount["name"] in volumes
+
+
+def test_every_service_pod_holds_the_api_keys_and_is_probed_without_one(rayservice: dict) -> None:
+    """The ingress takes no CPU, so Serve may place it on any pod: each one gets the key file
+    (the Secret, mounted; the setting names the file), and its readiness probe needs no key."""
+    for role, template in _pod_templates(rayservice):
+        spec = template["spec"]
+        secrets = {
+            v["name"]: v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v
+        }
+        (container,) = spec["containers"]
+        env = {var["name"]: var for var in container["env"]}
+        assert env["LOOKAHEAD_RAG__SERVER__API_KEY_FILE"]["value"] == API_KEY_FILE, role
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] in secrets]
+        assert secrets[mount["name"]] == "lookahead-rag-api-keys"
+        assert API_KEY_FILE.startswith(mount["mountPath"] + "/")
+        assert mount["readOnly"] is True
+        probe = container.get("readinessProbe", {}).get("httpGet", {}).get("path")
+        assert probe in (None, *Config().server.open_paths)

@@ -69,7 +69,7 @@ def test_container_environment_is_the_app_configuration(
     for group in rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
         (container,) = group["template"]["spec"]["containers"]
         for var in container["env"]:  # from the Secret: a stand-in value
-            environ[var["name"]] = "redis://:pw@lookahead-rag-redis:6379/0"
+            environ[var["name"]] = var.get("value", "redis://:pw@lookahead-rag-redis:6379/0")
     assert all(name.startswith(ENV_PREFIX) for name in environ), sorted(environ)
     app_environment(environ)
     config = load_config()
@@ -77,6 +77,7 @@ def test_container_environment_is_the_app_configuration(
     assert config.model.device == "cuda"
     assert config.ngrams.enabled
     assert config.ngrams.redis_url is not None
+    assert config.server.api_key_file == Path("/etc/lookahead-rag/api-keys/keys")
 
 
 def test_generator_replicas_take_one_gpu_and_scale(serve_config: ServeDeploySchema) -> None:

@@ -34,18 +34,24 @@ def local_ray():
 
 
 @pytest.fixture(scope="session")
-def serve_app(small_index_dir, session_redis):
+def serve_app(small_index_dir, session_redis, tmp_path_factory):
     """One Ray + Serve app for every HTTP test of the session, deployed as on a cluster: two
     Generator replicas (one CPU, one torch thread each) sharing n-grams through a real Redis,
-    syncing every second. Afterwards no Ray process of ours may be left (checked by PID)."""
-    from servehelpers import GENERATOR_REPLICAS, small_limits_config
+    syncing every second, callers let in by an API key from a key file (`servehelpers.AUTH`),
+    a body deadline of a few seconds. Afterwards no Ray process of ours may be left (checked by
+    PID)."""
+    from servehelpers import API_KEY, BODY_TIMEOUT_S, GENERATOR_REPLICAS, small_limits_config
 
     from pipeline import ray_runtime
     from pipeline.ports import free_port
     from pipeline.service.serve_command import deploy
 
+    key_file = tmp_path_factory.mktemp("keys") / "api-keys"
+    key_file.write_text(API_KEY + "\n")
     config = small_limits_config(
         **{
+            "server.api_key_file": str(key_file),
+            "limits.body_timeout_s": BODY_TIMEOUT_S,
             "retrieval.index_dir": str(small_index_dir),
             "generation.max_tokens": 24,
             "server.port": free_port(),

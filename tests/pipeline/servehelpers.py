@@ -3,13 +3,14 @@ against the HTTP layer alone and against the real Serve app."""
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from pipeline.config import load_config
-from pipeline.service.errors import BackendUnavailableError
+from pipeline.service.errors import BackendUnavailableError, ReplicaDiedError
 from pipeline.wire import AnswerStats, Delta, Finished, SourceRef, Started
 
 # Small limits keep the oversize cases cheap to send.
@@ -17,6 +18,9 @@ MAX_INPUT_CHARS = 2000
 MAX_BODY_BYTES = 20_000
 MODEL = "lookahead-rag"
 GENERATOR_REPLICAS = 2  # in the session's Serve app
+API_KEY = "sk-test-0123456789"  # the session's Serve app lets this key in
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+BODY_TIMEOUT_S = 3.0  # the session's Serve app: a body must arrive within this
 
 LIMITS = {
     "limits.max_input_chars": MAX_INPUT_CHARS,
@@ -234,6 +238,14 @@ BAD_REQUESTS = [
         json={"question": "q", "top_p": 1.5},
     ),
     Bad(
+        "rag-repetition-penalty-tiny",
+        "/v1/rag",
+        400,
+        "invalid_value",
+        "repetition_penalty",
+        json={"question": "q", "repetition_penalty": 1e-300},
+    ),
+    Bad(
         "rag-temperature-nan",
         "/v1/rag",
         400,
@@ -292,6 +304,78 @@ BAD_REQUESTS = [
     ),
     Bad("unknown-route", "/v2/answer", 404, "not_found", json={"question": "q"}),
     Bad("wrong-method", "/v1/rag", 405, "method_not_allowed", method="GET"),
+    # Text: a lone surrogate is valid JSON but no Unicode character (the tokenizer raised
+    # TypeError on it: a 500); invisible characters alone ask nothing.
+    *(
+        Bad(f"surrogate-{name}", path, 400, "invalid_value", param, content=body, headers=JSON)
+        for name, path, param, body in [
+            ("question", "/v1/rag", "question", rb'{"question": "a \ud800"}'),
+            (
+                "question-streamed",
+                "/v1/rag",
+                "question",
+                rb'{"question": "\udc00", "stream": true}',
+            ),
+            (
+                "chat",
+                "/v1/chat/completions",
+                "messages[0].content",
+                b'{"model": "%s", "stream": true, "messages": [{"role": "user", "content": '
+                b'"caf\\ud83d"}]}' % MODEL.encode(),
+            ),
+            (
+                "completion-no-rag",
+                "/v1/completions",
+                "prompt",
+                b'{"model": "%s", "rag": false, "prompt": "\\ud800x"}' % MODEL.encode(),
+            ),
+            (
+                "stop",
+                "/v1/completions",
+                "stop[1]",
+                b'{"model": "%s", "prompt": "p", "stop": ["a", "\\ud800"]}' % MODEL.encode(),
+            ),
+            (
+                "model",
+                "/v1/chat/completions",
+                "model",
+                rb'{"model": "\ud800", "messages": [{"role": "user", "content": "hi"}]}',
+            ),
+        ]
+    ),
+    Bad(
+        "surrogate-in-a-field-name",
+        "/v1/rag",
+        400,
+        "invalid_value",
+        content=rb'{"q\ud800": "q"}',
+        headers=JSON,
+    ),
+    Bad(
+        "zero-width-question",
+        "/v1/rag",
+        400,
+        "invalid_value",
+        "question",
+        json={"question": "\u200b\u200b\u200b"},
+    ),
+    Bad(
+        "stop-empty",
+        "/v1/chat/completions",
+        400,
+        "invalid_value",
+        "stop",
+        json=chat(stop=""),
+    ),
+    Bad("stop-a-number", "/v1/completions", 400, "invalid_value", "stop", json=completion(stop=5)),
+    Bad(
+        "body-not-utf8",
+        "/v1/rag",
+        400,
+        "invalid_json",
+        content=b'{"question": "caf\xe9"}',
+        headers=JSON,
+    ),
 ]
 
 
@@ -303,6 +387,8 @@ def check_error(response, bad: Bad) -> None:
     assert error["param"] == bad.param
     assert error["message"]
     assert error["type"] == "invalid_request_error"
+    if bad.status == 405:
+        assert response.headers["allow"] == "POST"
 
 
 def sse_payloads(text: str) -> list:
@@ -322,11 +408,13 @@ class Passage:
 
 
 class StandIn:
-    """Replays a fixed answer; `fail` makes a part raise at a chosen point."""
+    """Replays a fixed answer; `fail` makes a part raise at a chosen point: "retrieve", "start",
+    "midway", "check", "bug" (a plain exception), "died-at-start" / "died-midway" (the replica
+    dies, on the first job only), "hang" (never finishes after two steps)."""
 
     def __init__(self):
         self.jobs = []
-        self.fail = None  # "retrieve", "start", "midway", "check"
+        self.fail = None
 
     async def retrieve(self, query, k):
         if self.fail == "retrieve":
@@ -335,8 +423,13 @@ class StandIn:
 
     async def generate(self, job):
         self.jobs.append(job)
+        first = len(self.jobs) == 1
         if self.fail == "start":
-            raise BackendUnavailableError("the generator is unavailable: ActorDiedError")
+            raise BackendUnavailableError("the generator is unavailable: BackPressureError")
+        if self.fail == "bug":
+            raise RuntimeError("a bug")
+        if self.fail == "died-at-start" and first:
+            raise ReplicaDiedError("the generator is unavailable: ActorDiedError")
         passages = job.passages[:2]
         yield Started(
             7, tuple(SourceRef(p.id, p.title, p.source, p.score, p.text) for p in passages)
@@ -345,6 +438,10 @@ class StandIn:
         yield Delta("", 1, 0)  # a step whose text is held back
         if self.fail == "midway":
             raise BackendUnavailableError("the generator is unavailable: ActorDiedError")
+        if self.fail == "died-midway" and first:
+            raise ReplicaDiedError("the generator is unavailable: ActorDiedError")
+        if self.fail == "hang":
+            await asyncio.Event().wait()
         yield Delta(" json.loads.", 3, 2)
         yield Finished("stop", 5, AnswerStats(3, 5 / 3, 12, 2, 0.25, job.lookahead))
 
@@ -353,10 +450,10 @@ class StandIn:
             raise BackendUnavailableError("the retriever is unavailable: ActorDiedError")
 
 
-def asgi_client(app):
+def asgi_client(app, raise_app_exceptions=True):
     """A synchronous client of an ASGI app in this process (httpx's ASGI transport is async;
     the tests read better synchronously)."""
-    transport = httpx.ASGITransport(app=app)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
 
     class Sync:
         def request(self, method, path, **kwargs):
@@ -373,3 +470,31 @@ def asgi_client(app):
             return self.request("GET", path, **kwargs)
 
     return Sync()
+
+
+def generator_replicas() -> dict:
+    """The session Serve app's Generator replicas: actor name -> actor handle."""
+    import ray
+
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if "Generator" in a["name"] and a["name"].startswith("SERVE_REPLICA::")
+    ]
+    return {name: ray.get_actor(name, namespace="serve") for name in names}
+
+
+def wait_for_generators(serve_app, timeout_s: float = 240) -> None:
+    """Until Serve has all the app's Generator replicas running again (after a test killed
+    some), so that later tests find the app as they expect."""
+    from ray import serve
+
+    _, config = serve_app
+    deadline = time.monotonic() + timeout_s
+    while True:
+        deployment = serve.status().applications[config.server.app_name].deployments["Generator"]
+        running = deployment.replica_states.get("RUNNING", 0)
+        if running == GENERATOR_REPLICAS and len(generator_replicas()) == GENERATOR_REPLICAS:
+            return
+        assert time.monotonic() < deadline, f"the Generators did not come back: {deployment}"
+        time.sleep(1)

@@ -38,6 +38,14 @@ def test_defaults_come_from_the_settings():
     assert completion.query == "json.dumps"
 
 
+def test_a_temperature_too_small_to_divide_by_decodes_greedily():
+    """Sampling at 1e-300 divided the logits into inf (a 500); greedy decoding is its limit."""
+    config = small_limits_config()
+    for temperature, planned in ((1e-300, 0.0), (5e-324, 0.0), (1e-4, 1e-4), (0.7, 0.7)):
+        job = plan_job(JobRequest.question(QUESTION, temperature=temperature), config).template
+        assert job.temperature == planned
+
+
 def test_settings_that_turn_lookahead_off_win_over_the_request():
     config = small_limits_config(**{"generation.lookahead": False})
     assert (
@@ -60,7 +68,12 @@ def test_settings_that_turn_lookahead_off_win_over_the_request():
         (JobRequest.question("x" * 5000), "messages", "input_too_long", 413),
         (JobRequest(prompt="x" * 5000), "prompt", "input_too_long", 413),
         (JobRequest.question(" \n"), "messages", "invalid_value", 400),
+        (JobRequest.question("\u200b\u200b\u200b"), "messages", "invalid_value", 400),
         (JobRequest.question(None), "messages", "invalid_value", 400),
+        # Not Unicode (a lone surrogate): `ask` and the batch job plan here too.
+        (JobRequest.question("a \ud800"), "messages[0].content", "invalid_value", 400),
+        (JobRequest(prompt="\udfff?", rag=False), "prompt", "invalid_value", 400),
+        (JobRequest.question(QUESTION, stop=("a", "\ud800")), "stop[1]", "invalid_value", 400),
     ],
 )
 def test_limits_are_refused_with_the_field_and_the_reason(request_, param, code, status):

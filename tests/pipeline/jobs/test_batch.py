@@ -23,7 +23,8 @@ from pipeline.jobs.batch_io import (
     final_records,
     read_questions,
     read_records,
-    settled_ids,
+    row_key,
+    settled_keys,
 )
 from pipeline.ray_runtime import ray
 
@@ -39,6 +40,7 @@ QUESTIONS = [
     '{"id": "q6", "question": "CRASH in the retriever"}',
     '{"id": "q7", "question": "What does zip do?"}',
     '{"id": "q8", "question": "Why use pathlib?"}',
+    '{"id": "4", "question": "What is a frozenset?"}',  # not line 4's, which gave no id
 ]
 
 
@@ -103,37 +105,37 @@ def _traces(trace: Path) -> list[list[str]]:
     return [log.read_text().split() for log in sorted(trace.glob("*.log"))]
 
 
-def _by_id(records: list[dict]) -> dict[str, dict]:
-    ids = [r["id"] for r in records]
-    assert len(ids) == len(set(ids)), "a row was written twice"
-    return {r["id"]: r for r in records}
+def _by_key(records: list[dict]) -> dict[str | int, dict]:
+    keys = [row_key(r) for r in records]
+    assert len(keys) == len(set(keys)), "a row was written twice"
+    return dict(zip(keys, records, strict=True))
 
 
 def test_every_row_gets_one_record(local_ray, questions, tmp_path: Path) -> None:
     options = BatchOptions(retrieve_actors=1, generate_actors=2, block_rows=2, progress=False)
     trace = tmp_path / "trace"
     summary = run_batch(questions, tmp_path / "out", _stages(trace=trace), options)
-    # q1 q2 q5 q6 q7 q8 reach the generators: 3 blocks of 2, each flushed before it is written
-    assert sum(calls.count("flush") for calls in _traces(trace)) == 3
-    records = _by_id(read_records(tmp_path / "out"))
-    assert set(records) == {"q1", "q2", "q3", "4", "q5", "q6", "q7", "q8"}
-    for qid in ("q1", "q2", "q7", "q8"):
+    # q1 q2 q5 q6 q7 q8 4 reach the generators: 4 blocks of 2 or 1, each flushed before written
+    assert sum(calls.count("flush") for calls in _traces(trace)) == 4
+    records = _by_key(read_records(tmp_path / "out"))
+    assert set(records) == {"q1", "q2", "q3", 4, "q5", "q6", "q7", "q8", "4"}
+    for qid in ("q1", "q2", "q7", "q8", "4"):
         record = records[qid]
         assert record["status"] == OK
         fields = {k: record[k] for k in ("answer", "finish_reason", "sources", "stats")}
         assert fields == _expected(record["question"])
     assert records["q3"]["status"] == INVALID
     assert records["q3"]["error"] == "empty question"
-    assert records["4"]["status"] == INVALID
-    assert records["4"]["error"].startswith("invalid JSON")
+    assert records[4]["status"] == INVALID
+    assert records[4]["error"].startswith("invalid JSON")
     assert (records["q5"]["status"], records["q5"]["error"]) == (
         FAILED, "ValueError: context too long")  # fmt: skip
     assert records["q6"]["status"] == FAILED
     assert records["q6"]["error"] == "retrieval failed: RuntimeError: index shard unavailable"
     numbers = summary.as_dict()
-    assert (numbers["rows"], numbers["answered"], numbers["errors"]) == (8, 4, 4)
+    assert (numbers["rows"], numbers["answered"], numbers["errors"]) == (9, 5, 4)
     assert numbers["completion_tokens"] == sum(len(records[q]["question"].split())
-                                               for q in ("q1", "q2", "q7", "q8"))  # fmt: skip
+                                               for q in ("q1", "q2", "q7", "q8", "4"))  # fmt: skip
     # Each actor that was used is closed, once, when the pool ends (asynchronously)
     deadline = time.monotonic() + 30
     while not all(calls[-1:] == ["close"] for calls in _traces(trace)):
@@ -145,13 +147,13 @@ def test_every_row_gets_one_record(local_ray, questions, tmp_path: Path) -> None
 def test_a_finished_run_resumes_without_ray(questions, tmp_path: Path) -> None:
     """No row left to answer: the session (Ray) is never entered."""
     out = tmp_path / "out"
-    done = {r["id"] for r in questions.to_pylist()}
+    done = {row_key(r) for r in questions.to_pylist()}
 
     def no_ray():
         raise AssertionError("Ray was entered with nothing to answer")
 
     summary = run_batch(questions, out, _stages(), BatchOptions(progress=False), done, no_ray)
-    assert summary.as_dict()["skipped"] == 8
+    assert summary.as_dict()["skipped"] == 9
     assert read_records(out) == []
 
 
@@ -170,16 +172,16 @@ def test_an_interrupted_run_resumes_without_loss_or_repeats(
     with pytest.raises(KeyboardInterrupt):
         run_batch(questions, out, _stages(stop_after_two_parts), options)
     first = final_records(out)
-    assert 0 < len(first) < 8  # some rows finished, not all
+    assert 0 < len(first) < 9  # some rows finished, not all
 
-    skip = frozenset(settled_ids(out))
+    skip = frozenset(settled_keys(out))
     summary = run_batch(questions, out, _stages(), options, skip=skip)
     final = final_records(out)
-    assert set(final) == {"q1", "q2", "q3", "4", "q5", "q6", "q7", "q8"}
+    assert set(final) == {"q1", "q2", "q3", 4, "q5", "q6", "q7", "q8", "4"}
     for qid in skip:
         assert final[qid] == first[qid]  # kept, not redone
     assert summary.skipped == len(skip)
-    assert summary.as_dict()["rows"] == 8
+    assert summary.as_dict()["rows"] == 9
 
 
 def test_ray_listens_on_loopback_only(local_ray) -> None:

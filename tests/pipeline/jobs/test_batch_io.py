@@ -23,7 +23,8 @@ from pipeline.jobs.batch_io import (
     invalid_record,
     read_questions,
     read_records,
-    settled_ids,
+    row_key,
+    settled_keys,
     write_part,
 )
 
@@ -70,14 +71,65 @@ def test_bad_rows_get_reasons_and_good_rows_keep_their_ids(tmp_path: Path) -> No
     rows = read_questions(path, max_chars=50).to_pylist()
     got = {r["row"]: (r["id"], r["error"]) for r in rows}
     assert got[1] == ("a", None)
-    assert got[2] == ("2", "empty question")
-    assert got[3][1].startswith("invalid JSON: ")
+    assert got[2] == (None, "empty question")
+    assert got[3][1] == "invalid JSON: Expecting property name enclosed in double quotes: column 2"
     assert got[4][1] == "expected a JSON object, got list"
     assert got[5][1] == "`question` must be a string, got int"
     assert 6 not in got  # a blank line is no row
     assert got[7][1] == "question too long: 51 characters > 50"
     assert got[8][1] == "duplicate id 'a'"
-    assert got[9] == ("9", None)
+    assert got[9] == (None, None)
+
+
+def test_rows_without_an_id_never_collide_with_the_ids_users_give(tmp_path: Path) -> None:
+    """The issue's repro: rows 1 and 3 give no id; ids "1" and "3" are other rows'."""
+    path = _jsonl(
+        tmp_path,
+        [
+            '{"id": "x", "question": "broken',
+            '{"id": "1", "question": "What is a deque?"}',
+            '{"question": "How do I copy a file?"}',
+            '{"id": "3", "question": "What does pathlib do?"}',
+        ],
+    )
+    rows = read_questions(path, max_chars=100).to_pylist()
+    assert [(r["id"], r["error"]) for r in rows] == [
+        (None, "invalid JSON: Invalid control character at: column 32"),
+        ("1", None),
+        (None, None),
+        ("3", None),
+    ]
+    assert [row_key(r) for r in rows] == [1, "1", 3, "3"]
+    out = tmp_path / "out"
+    write_part(out, [invalid_record(rows[0]), *(_ok(r["row"], r["id"]) for r in rows[1:])], "jsonl")
+    assert settled_keys(out) == {1, "1", 3, "3"}
+    assert set(final_records(out)) == {1, "1", 3, "3"}
+
+
+@pytest.mark.parametrize("text", ["\u200b\u200b\u200b", "\u00a0\t\ufeff", "\x00\u2060"])
+def test_a_question_of_invisible_characters_is_empty(tmp_path: Path, text: str) -> None:
+    path = _jsonl(tmp_path, [json.dumps({"id": "z", "question": text})])
+    (row,) = read_questions(path, max_chars=100).to_pylist()
+    assert row["error"] == "empty question"
+
+
+def test_text_that_is_not_unicode_makes_the_row_invalid_and_still_writes(tmp_path: Path) -> None:
+    """A lone surrogate (valid JSON, no Unicode character) in a question or an id."""
+    path = _jsonl(
+        tmp_path,
+        [
+            '{"id": "s", "question": "a \\ud800 b"}',
+            '{"id": "\\udfff", "question": "What is a set?"}',
+        ],
+    )
+    question, bad_id = read_questions(path, max_chars=100).to_pylist()
+    assert question["error"] == "question is not valid Unicode: a lone surrogate \\ud800 at 2"
+    assert question["question"] == "a \\ud800 b"  # printable, as written out
+    assert (bad_id["id"], row_key(bad_id)) == (None, 2)
+    assert bad_id["error"] == "`id` is not valid Unicode: a lone surrogate \\udfff at 0"
+    for fmt in ("jsonl", "parquet"):
+        write_part(tmp_path / fmt, [invalid_record(question), invalid_record(bad_id)], fmt)
+        assert settled_keys(tmp_path / fmt) == {"s", 2}
 
 
 def test_parquet_questions(tmp_path: Path) -> None:
@@ -126,7 +178,7 @@ def test_parts_round_trip_and_resume_skips_settled_rows(tmp_path: Path, fmt: str
     write_part(out, records[2:], fmt)
     assert write_part(out, [], fmt) is None
     assert sorted(read_records(out), key=lambda r: r["id"]) == records
-    assert settled_ids(out) == {"a", "b"}  # the failed row is tried again
+    assert settled_keys(out) == {"a", "b"}  # the failed row is tried again
 
 
 def test_an_unfinished_part_is_invisible(tmp_path: Path) -> None:
@@ -167,7 +219,7 @@ def test_read_records_parses_jsonl_written_by_hand(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "part-1.jsonl").write_text(json.dumps(_ok(1, "z")) + "\n")
-    assert settled_ids(out) == {"z"}
+    assert settled_keys(out) == {"z"}
 
 
 def test_final_records_prefer_the_settled_retry(tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 a dead backend) or no model at all. The real Serve app gets the same bad-request table in
 test_app.py."""
 
+import asyncio
+import json
+
 import pytest
 from servehelpers import (
     BAD_REQUESTS,
@@ -154,3 +157,197 @@ def test_metrics_count_requests_errors_and_tokens(client, backend):
     assert "lookahead_rag_accepted_tokens_total 2.0" in text
     assert "lookahead_rag_mean_accepted_length 1.666" in text
     assert 'lookahead_rag_time_to_first_token_seconds_count{endpoint="/v1/rag"} 1.0' in text
+
+
+def _sample(text, line_start):
+    """The value of the metrics line that starts with `line_start` (0 when there is none)."""
+    for line in text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_bug_is_a_500_in_the_error_shape_counted_by_status(backend):
+    backend.fail = "bug"
+    app = build_api(backend, small_limits_config())
+    client = asgi_client(app, raise_app_exceptions=False)
+    response = client.post("/v1/rag", json={"question": "q"})
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "server_error"
+    assert response.headers["x-request-id"]
+    text = client.get("/metrics").text
+    assert _sample(text, 'lookahead_rag_requests_total{endpoint="/v1/rag",status="500"}') == 1
+
+
+@pytest.mark.parametrize(("fail", "stream"), [("died-midway", False), ("died-at-start", True)])
+def test_a_request_whose_replica_died_before_the_client_saw_any_of_it_runs_again(
+    client, backend, fail, stream
+):
+    backend.fail = fail
+    response = client.post("/v1/rag", json={"question": "q", "stream": stream})
+    assert response.status_code == 200
+    if stream:
+        events = sse_payloads(response.text)
+        text = "".join(e["text"] for e in events[:-1] if e["type"] == "delta")
+        assert (events[-2]["type"], events[-1]) == ("end", "[DONE]")
+    else:
+        text = response.json()["answer"]
+    assert text == "Use json.loads."
+    assert len(backend.jobs) == 2
+
+
+def test_a_stream_whose_replica_dies_after_it_began_ends_with_the_error_event(client, backend):
+    backend.fail = "died-midway"
+    events = sse_payloads(client.post("/v1/rag", json={"question": "q", "stream": True}).text)
+    assert events[-2]["error"]["code"] == "backend_unavailable"
+    assert len(backend.jobs) == 1  # the client had its first tokens: no second run
+
+
+async def _call(app, body_chunks, *, pause_s=0.0, then="end", path="/v1/rag"):
+    """Drive `app` as a server would: the body in `body_chunks`, `pause_s` apart, then the end
+    of the body, nothing more ("hang"), or the end and a disconnect once the response began
+    ("leave"). Returns the status and the body sent back."""
+    scope = {
+        "type": "http", "method": "POST", "path": path, "raw_path": path.encode(),
+        "query_string": b"", "headers": [(b"content-type", b"application/json")],
+    }  # fmt: skip
+    incoming = [{"type": "http.request", "body": c, "more_body": True} for c in body_chunks]
+    if then != "hang":
+        incoming.append({"type": "http.request", "body": b"", "more_body": False})
+    began = asyncio.Event()
+    sent = []
+
+    async def receive():
+        if incoming:
+            await asyncio.sleep(pause_s)
+            return incoming.pop(0)
+        if then == "leave":
+            await began.wait()
+            return {"type": "http.disconnect"}
+        await asyncio.Event().wait()  # nothing more comes (the body, or the disconnect)
+
+    async def send(message):
+        sent.append(message)
+        began.set()
+
+    await app(scope, receive, send)
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0], body
+
+
+def test_a_body_that_does_not_arrive_in_time_is_a_408_and_closes_the_connection(backend):
+    app = build_api(backend, small_limits_config(**{"limits.body_timeout_s": 0.3}))
+    start, body = asyncio.run(_call(app, [b'{"question": '], then="hang"))
+    assert start["status"] == 408
+    assert (b"connection", b"close") in start["headers"]
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+    # A body sent in pieces that all arrive in time is read as usual.
+    start, body = asyncio.run(_call(app, [b'{"question": ', b'"q"}'], pause_s=0.05))
+    assert start["status"] == 200, body
+    assert backend.jobs[0].messages[0]["content"] == "q"
+    text = asgi_client(app).get("/metrics").text
+    assert _sample(text, 'lookahead_rag_requests_total{endpoint="/v1/rag",status="408"}') == 1
+
+
+def test_a_stream_the_client_leaves_is_counted_as_cancelled_with_its_tokens(backend):
+    backend.fail = "hang"
+    app = build_api(backend, small_limits_config())
+    start, _ = asyncio.run(_call(app, [b'{"question": "q", "stream": true}'], then="leave"))
+    assert start["status"] == 200
+    text = asgi_client(app).get("/metrics").text
+    assert _sample(text, 'lookahead_rag_cancelled_requests_total{endpoint="/v1/rag"}') == 1
+    assert _sample(text, "lookahead_rag_cancelled_tokens_total") == 2  # two steps of one token
+    assert _sample(text, "lookahead_rag_completion_tokens_total") == 0
+
+
+def test_with_api_keys_only_a_known_bearer_key_gets_in(tmp_path, backend):
+    key_file = tmp_path / "keys"
+    key_file.write_text("file-key\n\n")
+    config = small_limits_config(
+        **{"server.api_keys": ["config-key"], "server.api_key_file": str(key_file)}
+    )
+    client = asgi_client(build_api(backend, config))
+    body = {"question": "q"}
+    for headers in (
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": "Basic config-key"},
+        {"Authorization": "config-key"},
+        {"Authorization": "Bearer "},
+    ):
+        for response in (client.post("/v1/rag", json=body, headers=headers),
+                         client.get("/v1/models", headers=headers)):  # fmt: skip
+            assert response.status_code == 401, headers
+            assert response.headers["www-authenticate"] == "Bearer"
+            error = response.json()["error"]
+            assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_api_key")
+    assert backend.jobs == []
+    for key in ("config-key", "file-key"):
+        auth = {"Authorization": f"Bearer {key}"}
+        assert client.post("/v1/rag", json=body, headers=auth).status_code == 200
+    assert client.get("/healthz").status_code == 200  # open by default
+    text = client.get("/metrics").text  # open too
+    assert _sample(text, 'lookahead_rag_requests_total{endpoint="/v1/rag",status="401"}') == 5
+    assert _sample(text, 'lookahead_rag_errors_total{code="invalid_api_key",endpoint="/v1/rag"}')
+    # The file is read again when it changes: keys rotate without a restart.
+    key_file.write_text("new-key\n")
+    assert client.get("/v1/models", headers={"Authorization": "Bearer file-key"}).status_code == 401
+    assert client.get("/v1/models", headers={"Authorization": "Bearer new-key"}).status_code == 200
+
+
+def test_open_paths_are_configurable_and_a_missing_key_file_fails_at_start(tmp_path, backend):
+    config = small_limits_config(**{"server.api_keys": ["k"], "server.open_paths": ["/v1/mod*"]})
+    client = asgi_client(build_api(backend, config))
+    assert client.get("/v1/models").status_code == 200
+    assert client.get("/healthz").status_code == 401
+    missing = small_limits_config(**{"server.api_key_file": str(tmp_path / "none")})
+    with pytest.raises(FileNotFoundError):
+        build_api(backend, missing)
+
+
+def test_json_numbers_with_no_fraction_are_integers(client, backend):
+    """JSON Schema's `integer` takes 16.0; strings stay refused (the table above)."""
+    body = {"question": "q", "max_tokens": 3.0, "top_k": 2.0, "seed": 7.0, "temperature": 1}
+    assert client.post("/v1/rag", json=body).status_code == 200
+    (job,) = backend.jobs
+    assert (job.max_tokens, job.top_k, job.seed) == (3, 2, 7)
+    assert all(type(v) is int for v in (job.max_tokens, job.top_k, job.seed))
+
+
+def test_the_openapi_schema_states_the_configured_limits_and_the_errors_answered():
+    config = small_limits_config(
+        **{"server.api_keys": ["k"], "limits.max_stop": 2, "model.served_name": "m"}
+    )
+    client = asgi_client(build_api(StandIn(), config))
+    spec = client.get("/openapi.json", headers={"Authorization": "Bearer k"}).json()
+    assert client.get("/openapi.json").status_code == 401  # not an open path by default
+    paths, schemas = spec["paths"], spec["components"]["schemas"]
+    for path in ("/v1/rag", "/v1/chat/completions", "/v1/completions"):
+        operation = paths[path]["post"]
+        expected = {"200", "400", "401", "408", "413", "503"} | (
+            {"404"} if "v1/c" in path else set()
+        )
+        assert set(operation["responses"]) == expected, path
+        assert operation["security"] == [{"apiKey": []}]
+        assert set(operation["responses"]["200"]["content"]) == {
+            "application/json",
+            "text/event-stream",
+        }
+        error = operation["responses"]["400"]["content"]["application/json"]["schema"]
+        assert error == {"$ref": "#/components/schemas/ErrorBody"}
+    assert "security" not in paths["/healthz"]["get"]  # open paths ask for no key
+    assert set(paths["/healthz"]["get"]["responses"]) == {"200", "503"}
+    (metrics_type,) = paths["/metrics"]["get"]["responses"]["200"]["content"]
+    assert metrics_type.startswith("text/plain")
+    rag, chat = schemas["RagRequest"]["properties"], schemas["ChatCompletionRequest"]["properties"]
+    limits = config.limits
+    assert rag["max_tokens"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 256}
+    assert rag["top_k"]["anyOf"][0]["maximum"] == limits.max_top_k
+    assert rag["question"]["maxLength"] == limits.max_input_chars
+    assert rag["question"]["minLength"] == 1
+    assert chat["max_completion_tokens"]["anyOf"][0]["maximum"] == 256
+    assert chat["model"]["enum"] == ["m"]
+    (array,) = [b for b in chat["stop"]["anyOf"] if b.get("type") == "array"]
+    assert array["maxItems"] == 2
+    assert "HTTPValidationError" not in schemas
+    assert not any("422" in op["responses"] for ops in paths.values() for op in ops.values())
