@@ -33,8 +33,8 @@ from pipeline.planning import JobRequest, plan_job
 from pipeline.service.auth import ApiKeyMiddleware, ApiKeys
 from pipeline.service.errors import ApiError, ReplicaDiedError, install_error_handlers
 from pipeline.service.metrics import CONTENT_TYPE, Metrics, Trace
-from pipeline.service.page import router as page_router
 from pipeline.service.openapi import install_openapi
+from pipeline.service.page import router as page_router
 from pipeline.service.rendering import (
     ChatRenderer,
     CompletionRenderer,
