@@ -46,7 +46,9 @@ in_chromium = pytest.mark.skipif(
 WAIT_MS = 20_000  # any one wait in the browser; the module stays well under a minute
 OVER = re.compile(r"^(done|stopped|failed)$")  # a panel's data-state once its request is over
 QUESTION = "How do I parse a JSON string into a Python object?"
-BLANK_QUESTION_ERROR = "invalid 'question': must not be empty, whitespace or invisible characters only"
+BLANK_QUESTION_ERROR = (
+    "invalid 'question': must not be empty, whitespace or invisible characters only"
+)
 
 
 # ---- the files ---------------------------------------------------------------------------------
