@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from generation.batch_cache import BatchKVCache
 from generation.batch_verify import Block, forward_blocks, prefill_row
 from generation.budget import choose_rows
-from generation.decode import Chunk, Request
+from generation.decode import Chunk, DecodeStats, Request
 from generation.engine import LookaheadConfig, LookaheadGenerator, PromptInput
 from generation.step_cost import BatchCosts, load_batch_costs
 from trie_store.draft import Draft, Drafter
@@ -152,6 +152,14 @@ class BatchDecoder:
     def free(self) -> int:
         """Sequences that can be added now and still get a row at the next step."""
         return max(0, self.max_batch - self.live - len(self._waiting))
+
+    def stats_of(self, handle: int) -> DecodeStats | None:
+        """A queued or live sequence's figures, updated in place as it decodes (None once it
+        has left): what a server counts per step."""
+        for sequence in itertools.chain(self._waiting, self._prefilling, self._rows):
+            if sequence.handle == handle:
+                return sequence.request.stats
+        return None
 
     def row_of(self, handle: int) -> int | None:
         """The cache row of a decoding sequence (None while it waits or is being prefilled)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,11 +34,24 @@ from pipeline.wire import (
     Finished,
     GenerationJob,
     ReplicaMetrics,
+    ServingStats,
     SourceRef,
     Started,
 )
 from trie_store import RequestDrafter
 from trie_store.sharing import NgramSync, SyncConfig, model_namespace, store_from_url
+
+
+@dataclass
+class Prepared:
+    """A job made ready to decode, and its answer's tokens so far (for the shared n-grams)."""
+
+    token_ids: list[int]
+    config: LookaheadConfig
+    drafter: RequestDrafter
+    sources: tuple[SourceRef, ...]
+    lookahead: bool
+    answer: list[int] = field(default_factory=list)
 
 
 def source_ref(passage: Any) -> SourceRef:
@@ -144,8 +158,9 @@ class Answerer:
         budget = self.settings.max_prompt_tokens
         return budget if window is None else min(budget, window - max_tokens)
 
-    def stream(self, job: GenerationJob) -> Iterator[Event]:
-        """`Started` as soon as the prompt is built, a `Delta` per decoding step, `Finished`."""
+    def prepare(self, job: GenerationJob) -> Prepared:
+        """The job's prompt within the context budget, its decoding settings and its drafter.
+        Raises `ContextTooLongError` when the request alone does not fit."""
         if job.prompt is not None:
             render = completion_render(job.prompt)
         else:
@@ -165,25 +180,50 @@ class Answerer:
                 seed=job.seed,
             ),
         )
-        yield Started(len(prompt.token_ids), tuple(source_ref(p) for p in prompt.passages))
         # Retrieved passages that did not make it into the prompt still seed the trie: the
         # answer often quotes them. Those in the prompt are seeded through the prompt itself.
         extra = [self._encode(p.text) for p in job.passages[len(prompt.passages) :]]
         shared = self.ngrams.global_trie() if self.ngrams is not None else None
-        drafter = RequestDrafter(prompt.token_ids, extra, global_trie=shared)
-        answer: list[int] = []
-        for chunk in self.generator.stream(prompt.token_ids, config, drafter):
-            answer += chunk.token_ids
-            yield step_delta(chunk)
-            if chunk.finish_reason is not None:
-                if self.ngrams is not None:
-                    self.ngrams.record(answer)
-                yield _finished(chunk, job.lookahead, self._metrics())
+        return Prepared(
+            prompt.token_ids,
+            config,
+            RequestDrafter(prompt.token_ids, extra, global_trie=shared),
+            tuple(source_ref(p) for p in prompt.passages),
+            job.lookahead,
+        )
 
-    def _metrics(self) -> ReplicaMetrics | None:
-        if self.ngrams is None:
+    def started(self, prepared: Prepared, serving: ServingStats | None = None) -> Started:
+        return Started(len(prepared.token_ids), prepared.sources, self.metrics(serving))
+
+    def events(
+        self, prepared: Prepared, chunk: Chunk, serving: ServingStats | None = None
+    ) -> list[Event]:
+        """A decoded step's events: its `Delta`, then `Finished` after the last one (the answer
+        recorded for the shared n-grams first). A chunk that failed its sequence raises."""
+        if chunk.error is not None:
+            raise chunk.error
+        prepared.answer += chunk.token_ids
+        events: list[Event] = [step_delta(chunk)]
+        if chunk.finish_reason is not None:
+            if self.ngrams is not None:
+                self.ngrams.record(prepared.answer)
+            events.append(_finished(chunk, prepared.lookahead, self.metrics(serving)))
+        return events
+
+    def stream(self, job: GenerationJob) -> Iterator[Event]:
+        """`Started` as soon as the prompt is built, a `Delta` per decoding step, `Finished`:
+        one request decoded alone (`pipeline.batching` decodes many together)."""
+        prepared = self.prepare(job)
+        yield self.started(prepared)
+        for chunk in self.generator.stream(prepared.token_ids, prepared.config, prepared.drafter):
+            yield from self.events(prepared, chunk)
+
+    def metrics(self, serving: ServingStats | None = None) -> ReplicaMetrics | None:
+        """This replica's own figures for the ingress's `/metrics` (None: nothing to show)."""
+        sync = self.ngrams.stats() if self.ngrams is not None else None
+        if sync is None and serving is None:
             return None
-        return ReplicaMetrics(self.name, self.ngrams.stats())
+        return ReplicaMetrics(self.name, sync, serving)
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)

@@ -8,8 +8,9 @@ schemas use `SourceRef` and `AnswerStats` as they are.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from trie_store.sharing.sync import SyncStats
@@ -50,9 +51,68 @@ class SourceRef:
 
 
 @dataclass(frozen=True)
+class Tally:
+    """A histogram as counted inside a replica and shown by the ingress: observations per
+    bucket (`counts[i]`: at most `bounds[i]`, the last one above every bound) and their sum."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...] = ()
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            object.__setattr__(self, "counts", (0,) * (len(self.bounds) + 1))
+
+    def add(self, value: float) -> Tally:
+        i = bisect.bisect_left(self.bounds, value)
+        counts = (*self.counts[:i], self.counts[i] + 1, *self.counts[i + 1 :])
+        return Tally(self.bounds, counts, self.total + value)
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+BATCH_BOUNDS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128)  # sequences per decode step
+QUEUE_BOUNDS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)  # seconds
+
+
+@dataclass(frozen=True)
+class ServingStats:
+    """A Generator replica's batch: its load now and its decoding so far (counters only grow).
+
+    Spec-decode figures count as vLLM counts them: a draft is one sequence's drafted tree in one
+    step (none when it drafted nothing), its tokens the tree's nodes, and `accepted_per_position`
+    how often the drafted token at depth i + 1 was accepted."""
+
+    running: int = 0  # sequences holding a batch row
+    waiting: int = 0  # admitted, waiting for a row (oldest first)
+    batch_sizes: Tally = Tally(BATCH_BOUNDS)  # sequences per decode step
+    queue_seconds: Tally = Tally(QUEUE_BOUNDS)  # admitted -> given a row
+    drafts: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    accepted_per_position: tuple[int, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class ReplicaMetrics:
+    """A Generator replica's own figures as of one event: its n-gram sync and its batch.
+
+    They are counted inside the replica, but users scrape the ingress: the events carry them
+    there, and `/metrics` shows the latest of every replica, labelled by `replica`.
+    """
+
+    replica: str
+    sync: SyncStats | None = None
+    serving: ServingStats | None = None
+
+
+@dataclass(frozen=True)
 class Started:
     prompt_tokens: int
     sources: tuple[SourceRef, ...]
+    replica: ReplicaMetrics | None = None  # as the request got its place in the batch
 
 
 @dataclass(frozen=True)
@@ -79,18 +139,6 @@ class AnswerStats:
     accepted_tokens: int  # drafted nodes accepted, all steps
     decode_seconds: float  # prefill and every step
     lookahead: bool
-
-
-@dataclass(frozen=True)
-class ReplicaMetrics:
-    """A Generator replica's n-gram sync figures as of one answer.
-
-    They are counted inside the replica, but users scrape the ingress: each answer carries them
-    there, and `/metrics` shows the latest of every replica, labelled by `replica`.
-    """
-
-    replica: str
-    sync: SyncStats
 
 
 @dataclass(frozen=True)
