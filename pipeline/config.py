@@ -20,13 +20,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveInt,
     SecretStr,
     ValidationError,
     model_validator,
 )
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
-from generation.defaults import DEFAULT_MODEL, DTYPE_NAMES, MAX_DRAFT_SIZE
+from generation.defaults import DEFAULT_MODEL, DTYPE_NAMES, MAX_BATCH_GPU, MAX_DRAFT_SIZE
 from trie_store.sharing.sync import SyncConfig
 
 ENV_PREFIX = "LOOKAHEAD_RAG__"
@@ -57,6 +58,8 @@ class GenerationSection(_Section):
     lookahead: bool = True  # False: plain decoding (the baseline)
     draft_size: int | Literal["auto"] = "auto"  # auto: sized per step from measured step costs
     max_draft: int = Field(MAX_DRAFT_SIZE, ge=0)  # upper bound on drafted nodes per step
+    # Sequences a Generator (or a batch actor) decodes together; auto: 8 on CPU, 32 on a GPU.
+    max_batch: PositiveInt | Literal["auto"] = "auto"
 
 
 class NgramsSection(_Section):
@@ -78,6 +81,9 @@ class LimitsSection(_Section):
     # never, holds one of the ingress's max_ongoing_requests slots until then.
     body_timeout_s: float = Field(10.0, gt=0)
     max_stop: int = Field(4, ge=0)
+    # Requests a Generator replica keeps waiting for a batch row; past them: 503 + Retry-After.
+    max_queued: int = Field(32, ge=0)
+    retry_after_s: float = Field(1.0, gt=0)  # what a refused client is told to wait
 
 
 class DeploymentSection(_Section):
@@ -97,16 +103,31 @@ class DeploymentSection(_Section):
 
 class DeploymentsSection(_Section):
     # Serve's default max_ongoing_requests (5) would queue the sixth concurrent request behind
-    # whole answers; the Generator interleaves everything it admits, so admit more.
+    # whole answers. A Generator batches `generation.max_batch` requests and queues
+    # `limits.max_queued` more itself (its 503 says when to retry): admit at least that many.
     ingress: DeploymentSection = DeploymentSection(
-        max_ongoing_requests=64, ray_actor_options={"num_cpus": 0}
+        max_ongoing_requests=128, ray_actor_options={"num_cpus": 0}
     )
     retriever: DeploymentSection = DeploymentSection(
         max_ongoing_requests=32, ray_actor_options={"num_cpus": 0}
     )
     generator: DeploymentSection = DeploymentSection(
-        max_ongoing_requests=16, ray_actor_options={"num_cpus": 1, "num_gpus": 0}
+        max_ongoing_requests=96, ray_actor_options={"num_cpus": 1, "num_gpus": 0}
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _over_defaults(cls, data: Any) -> Any:
+        """A deployment given only some keys (one flag, one variable) keeps that deployment's
+        defaults for the others, not Serve's (whose 5 ongoing requests would cap the batch)."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, value in data.items():
+            field = cls.model_fields.get(name)
+            if field is not None and isinstance(value, dict):
+                merged[name] = {**field.default.model_dump(exclude_unset=True), **value}
+        return merged
 
 
 class ServerSection(_Section):
@@ -143,6 +164,18 @@ class Config(_Section):
             raise ValueError(
                 f"retrieval.top_k ({self.retrieval.top_k}) exceeds "
                 f"limits.max_top_k ({self.limits.max_top_k})"
+            )
+        batch = self.generation.max_batch
+        capacity = (MAX_BATCH_GPU if batch == "auto" else batch) + self.limits.max_queued
+        ongoing = self.deployments.generator.max_ongoing_requests
+        if ongoing is None or ongoing <= capacity:
+            auto = f": up to {MAX_BATCH_GPU}" if batch == "auto" else ""
+            raise ValueError(
+                f"deployments.generator.max_ongoing_requests ({ongoing}) must exceed "
+                f"generation.max_batch ({batch}{auto}) plus "
+                f"limits.max_queued ({self.limits.max_queued}): a Generator must receive the "
+                "requests it cannot take, to refuse them with 503 + Retry-After, rather than "
+                "Serve queueing them without bound"
             )
         return self
 

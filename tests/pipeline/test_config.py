@@ -94,3 +94,24 @@ def test_the_serve_config_file_builds_this_app(small_index_dir, monkeypatch):
     builder = getattr(importlib.import_module(module), name)
     args = {**app.args, "overrides": {"retrieval.index_dir": str(small_index_dir)}}
     assert isinstance(builder(args), serve.Application)
+
+
+def test_a_deployment_given_one_key_keeps_its_other_defaults():
+    config = load_config(overrides={"deployments.generator.num_replicas": 3})
+    generator = config.deployments.generator
+    assert generator.num_replicas == 3
+    assert generator.max_ongoing_requests == Config().deployments.generator.max_ongoing_requests
+    assert generator.ray_actor_options == {"num_cpus": 1, "num_gpus": 0}
+
+
+def test_a_generator_must_admit_more_than_its_batch_and_queue():
+    """Else Serve would queue the requests past them, unbounded, instead of the replica
+    refusing them with 503 + Retry-After."""
+    fits = {"generation.max_batch": 4, "limits.max_queued": 5}
+    assert load_config(overrides={**fits, "deployments.generator.max_ongoing_requests": 10})
+    with pytest.raises(ConfigError, match=r"must exceed generation.max_batch \(4\)"):
+        load_config(overrides={**fits, "deployments.generator.max_ongoing_requests": 9})
+    with pytest.raises(ConfigError, match="auto: up to 32"):
+        load_config(overrides={"deployments.generator.max_ongoing_requests": 64})
+    with pytest.raises(ConfigError, match="max_batch"):
+        load_config(overrides={"generation.max_batch": 0})
