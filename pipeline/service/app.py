@@ -3,8 +3,9 @@ composed with a Retriever and a Generator deployment through `DeploymentHandle`s
 
 - Retriever: embeds queries in batches (`serve.batch`: concurrent requests share one encoder
   call) and searches the FAISS index.
-- Generator: holds the model; its `StepScheduler` interleaves every admitted request step by
-  step, so none waits for another's whole answer.
+- Generator: holds the model; its `BatchScheduler` decodes every admitted request in one
+  continuous batch (one forward pass per step for all), queues the rest up to
+  `limits.max_queued` and refuses beyond that with 503 + Retry-After.
 - Ingress: validation, retrieval -> generation, JSON or SSE, metrics.
 
 Heavy imports (torch, faiss) happen inside the Retriever and Generator only, so the ingress
@@ -27,7 +28,7 @@ from ray.serve.handle import DeploymentHandle
 from pipeline.config import Config, load_config
 from pipeline.service.errors import BackendUnavailableError, ReplicaDiedError
 from pipeline.service.routes import build_api
-from pipeline.service.scheduler import StepScheduler
+from pipeline.service.scheduler import BatchScheduler
 from pipeline.wire import Event, GenerationJob
 
 _DIED = (RayActorError, ActorUnavailableError)  # the replica that ran the request
@@ -57,16 +58,16 @@ class Retriever:
 @serve.deployment
 class Generator:
     def __init__(self, config: Config) -> None:
-        from pipeline.answerer import Answerer
+        from pipeline.batching import load_batch
 
-        self.scheduler = StepScheduler(name="generator-steps")
-        # On the thread that will run every step (see StepScheduler.call).
-        self.answerer = self.scheduler.call(
-            partial(Answerer.load, config.model, config.generation, config.ngrams)
-        )
+        limits = config.limits
+        self.scheduler = BatchScheduler(limits.max_queued, limits.retry_after_s)
+        # On the thread that will run every step (see BatchScheduler.call).
+        self.batch = self.scheduler.start(partial(load_batch, config))
+        self.answerer = self.batch.answerer
 
     async def generate(self, job: GenerationJob) -> AsyncIterator[Event]:
-        async for event in self.scheduler.stream(lambda: self.answerer.stream(job)):
+        async for event in self.scheduler.stream(job):
             yield event
 
     def check(self) -> bool:

@@ -3,6 +3,7 @@ code}}` with the status code a client can act on (4xx: fix the request; 503: ret
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 from fastapi import FastAPI, Request
@@ -54,10 +55,25 @@ class ReplicaDiedError(BackendUnavailableError):
     may run again on another replica."""
 
 
+class QueueFullError(BackendUnavailableError):
+    """A Generator replica has every batch row taken and its wait queue full: the request is
+    refused at once rather than queued without bound."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message, retry_after_s)
+        self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
 def to_api_error(exc: Exception) -> ApiError:
     """The API error for any exception a route lets through."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, QueueFullError):
+        retry = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+        return ApiError(503, str(exc), "service_unavailable", code="queue_full", headers=retry)
     if isinstance(exc, PlanError):
         return ApiError(exc.status, str(exc), param=exc.param, code=exc.code)
     if isinstance(exc, ContextTooLongError):

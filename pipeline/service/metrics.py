@@ -2,95 +2,27 @@
 
 Each app instance owns its registry (several apps in one process never share counters). With
 more than one ingress replica, each exposes its own figures at `/metrics`; scrape them all.
-What the Generator replicas count themselves (their n-gram sync: store fallbacks, pulls, bad
-members) rides on each answer to the ingress and is shown here too, labelled by `replica`.
+What the Generator replicas count themselves (their batch and their n-gram sync) rides on each
+request's events to the ingress and is shown here too, labelled by `replica`
+(`pipeline.service.replica_metrics`).
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
 
-from pipeline.wire import Finished, ReplicaMetrics
+from pipeline.service.replica_metrics import ReplicaCollector
+from pipeline.wire import Finished, Started
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
 _ITL_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1, 2)
 _RATE_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 40, 60, 80, 120, 200, 400)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-REPLICA_STALE_S = 900.0  # a replica unheard of for this long is gone (or idle): not shown
-
-
-# Each replica's `SyncStats` field -> (metric name, type, help, label of a by-key count).
-_SYNC_METRICS = {
-    "fallbacks": (
-        "store_fallbacks",
-        "counter",
-        "shared-store operations that failed (the replica drafted from local n-grams)",
-        None,
-    ),
-    "bad_members": (
-        "store_bad_members",
-        "counter",
-        "store members skipped: size, vocab (token id out of vocabulary) or count",
-        "reason",
-    ),
-    "dropped": (
-        "sync_dropped",
-        "counter",
-        "increments dropped past the pending bound (ngram) or answers past the queue",
-        "what",
-    ),
-    "flushed": ("store_flushed", "counter", "n-gram increments sent", None),
-    "pulls": ("store_pulls", "counter", "pulls that brought a new top k", None),
-    "store_up": ("store_up", "gauge", "1 when the last store operation worked", None),
-    "trie_nodes": ("global_trie_nodes", "gauge", "nodes of the current trie", None),
-    "pending_ngrams": ("pending_ngrams", "gauge", "distinct n-grams not yet in the store", None),
-}
-
-
-class ReplicaCollector(Collector):
-    """The latest n-gram sync figures each Generator replica sent, one `replica` label per
-    replica, named `lookahead_rag_ngram_*`. Values are the replica's own (cumulative counters
-    stay cumulative)."""
-
-    def __init__(self, stale_s: float = REPLICA_STALE_S) -> None:
-        self.stale_s = stale_s
-        self._latest: dict[str, tuple[float, ReplicaMetrics]] = {}
-        self._lock = threading.Lock()
-
-    def update(self, snapshot: ReplicaMetrics) -> None:
-        with self._lock:
-            self._latest[snapshot.replica] = (time.monotonic(), snapshot)
-
-    def collect(self) -> Iterable[Metric]:
-        cutoff = time.monotonic() - self.stale_s
-        with self._lock:
-            self._latest = {k: v for k, v in self._latest.items() if v[0] >= cutoff}
-            snapshots = [snapshot for _, (_, snapshot) in sorted(self._latest.items())]
-        if not snapshots:
-            return []
-        families = []
-        for field, (name, kind, documentation, by) in _SYNC_METRICS.items():
-            family = Metric(f"lookahead_rag_ngram_{name}", documentation, kind)
-            suffix = "_total" if kind == "counter" else ""
-            for snapshot in snapshots:
-                value = getattr(snapshot.sync, field)
-                counts = value.items() if by else [(None, value)]
-                for key, count in counts:
-                    labels = {by: key} if by else {}
-                    family.add_sample(
-                        family.name + suffix, {**labels, "replica": snapshot.replica}, float(count)
-                    )
-            families.append(family)
-        return families
 
 
 class Metrics:
@@ -202,6 +134,10 @@ class Trace:
     started: float
     last: float | None = None
     tokens: int = 0
+
+    def on_start(self, started: Started) -> None:
+        if started.replica is not None:
+            self.metrics.replicas.update(started.replica)
 
     def on_tokens(self, n_tokens: int) -> None:
         """A decoding step's tokens arrived: the first ones set TTFT, later ones the ITL."""

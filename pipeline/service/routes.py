@@ -319,6 +319,7 @@ async def _traced(events: AsyncIterator[Event], trace: Trace) -> AsyncIterator[E
         async for event in events:
             if isinstance(event, Started):
                 started = event
+                trace.on_start(event)
             elif isinstance(event, Delta):
                 trace.on_tokens(event.n_tokens)
             elif started is not None:

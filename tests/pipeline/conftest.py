@@ -36,11 +36,18 @@ def local_ray():
 @pytest.fixture(scope="session")
 def serve_app(small_index_dir, session_redis, tmp_path_factory):
     """One Ray + Serve app for every HTTP test of the session, deployed as on a cluster: two
-    Generator replicas (one CPU, one torch thread each) sharing n-grams through a real Redis,
-    syncing every second, callers let in by an API key from a key file (`servehelpers.AUTH`),
-    a body deadline of a few seconds. Afterwards no Ray process of ours may be left (checked by
-    PID)."""
-    from servehelpers import API_KEY, BODY_TIMEOUT_S, GENERATOR_REPLICAS, small_limits_config
+    Generator replicas (one CPU, one torch thread each; batches of `MAX_BATCH` with `MAX_QUEUED`
+    waiting) sharing n-grams through a real Redis, syncing every second, callers let in by an
+    API key from a key file (`servehelpers.AUTH`), a body deadline of a few seconds. Afterwards
+    no Ray process of ours may be left (checked by PID)."""
+    from servehelpers import (
+        API_KEY,
+        BODY_TIMEOUT_S,
+        GENERATOR_REPLICAS,
+        MAX_BATCH,
+        MAX_QUEUED,
+        small_limits_config,
+    )
 
     from pipeline import ray_runtime
     from pipeline.ports import free_port
@@ -57,6 +64,9 @@ def serve_app(small_index_dir, session_redis, tmp_path_factory):
             "server.port": free_port(),
             "server.ray_num_cpus": 2,
             "deployments.generator.num_replicas": GENERATOR_REPLICAS,
+            "generation.max_batch": MAX_BATCH,
+            "limits.max_queued": MAX_QUEUED,
+            "deployments.generator.max_ongoing_requests": MAX_BATCH + MAX_QUEUED + 4,
             "model.torch_threads": 1,
             "ngrams.redis_url": session_redis.url,
             "ngrams.flush_interval_s": 0.2,

@@ -18,6 +18,7 @@ MAX_INPUT_CHARS = 2000
 MAX_BODY_BYTES = 20_000
 MODEL = "lookahead-rag"
 GENERATOR_REPLICAS = 2  # in the session's Serve app
+MAX_BATCH, MAX_QUEUED = 4, 4  # per Generator replica of the session's Serve app
 API_KEY = "sk-test-0123456789"  # the session's Serve app lets this key in
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 BODY_TIMEOUT_S = 3.0  # the session's Serve app: a body must arrive within this

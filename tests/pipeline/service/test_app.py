@@ -17,6 +17,8 @@ from servehelpers import (
     AUTH,
     BAD_REQUESTS,
     GENERATOR_REPLICAS,
+    MAX_BATCH,
+    MAX_QUEUED,
     MODEL,
     check_error,
     generator_replicas,
@@ -182,23 +184,105 @@ def test_openai_client_models_and_errors(oai):
         oai.chat.completions.create(model=MODEL, messages=[], max_tokens=4)
 
 
-def test_eight_concurrent_requests_all_succeed_and_a_short_one_is_not_held_back(url):
+QUESTIONS = [
+    "How do I parse a JSON string into a Python object?",
+    "What does functools.partial return?",
+    "How do I run a command with subprocess and capture its output?",
+    "How do I join two paths with pathlib?",
+    "How do I read a CSV file row by row?",
+    "What does itertools.chain do?",
+    "How do I write JSON to a file?",
+]
+
+
+def _batch_sizes(client) -> tuple[float, float]:
+    """Over every replica: decode steps, and those that decoded one sequence only."""
+    families = text_string_to_metric_families(client.get("/metrics").text)
+    samples = [s for f in families for s in f.samples]
+    name = "lookahead_rag:iteration_batch_size"
+    steps = sum(s.value for s in samples if s.name == name + "_count")
+    alone = sum(s.value for s in samples if s.name == name + "_bucket" and s.labels["le"] == "1.0")
+    return steps, alone
+
+
+def test_concurrent_requests_share_forward_passes_and_each_gets_its_plain_answer(client, url):
+    """Seven answers decode together (the batch-size histogram shows shared steps), each the
+    plain greedy answer it gets alone; a short request sent while they run is not held back."""
+    plain = [rag(client, question=q, max_tokens=24, lookahead=False)["answer"] for q in QUESTIONS]
+    steps_before, alone_before = _batch_sizes(client)
+    started = threading.Barrier(len(QUESTIONS) + 1, timeout=120)
     finished = {}
 
-    def ask(name, max_tokens):
-        with httpx.Client(base_url=url, headers=AUTH, timeout=httpx.Timeout(10.0, read=600.0)) as c:
-            body = {"question": QUESTION, "max_tokens": max_tokens, "lookahead": False}
-            response = c.post("/v1/rag", json=body)
+    def ask(name, question, max_tokens):
+        body = {"question": question, "max_tokens": max_tokens, "stream": True}
+        text = ""
+        with _client(url) as c, c.stream("POST", "/v1/rag", json=body) as response:
+            assert response.status_code == 200, response.read()
+            for payload in sse_payloads(response.iter_lines()):
+                if payload["type"] == "start" and name != "short":
+                    started.wait()
+                text += payload.get("text", "") if payload["type"] == "delta" else ""
         finished[name] = time.perf_counter()
-        return response
+        return text
 
-    jobs = [(f"long{i}", 24) for i in range(7)] + [("short", 2)]
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        responses = list(pool.map(lambda job: ask(*job), jobs))
-    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
-    assert [r.json()["usage"]["completion_tokens"] for r in responses] == [24] * 7 + [2]
-    # Interleaved step by step, the 2-token answer ends long before any 24-token one.
+    with ThreadPoolExecutor(len(QUESTIONS) + 1) as pool:
+        longs = [pool.submit(ask, f"long{i}", q, 24) for i, q in enumerate(QUESTIONS)]
+        started.wait()  # every long request is in a batch (two replicas of MAX_BATCH rows)
+        short = pool.submit(ask, "short", QUESTION, 2)
+        answers = [f.result() for f in longs]
+        short.result()
+    assert answers == plain
+    # It joined running batches between steps: it ends long before any 24-token answer.
     assert finished["short"] < min(t for name, t in finished.items() if name != "short")
+    steps, alone = _batch_sizes(client)
+    assert steps - steps_before > 0
+    assert alone - alone_before < steps - steps_before  # some steps decoded several at once
+
+
+COUNTING = {"model": MODEL, "prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "rag": False, "max_tokens": 200}
+
+
+def test_a_full_queue_is_refused_at_once_and_clients_that_leave_free_their_rows(url):
+    """Two replicas hold MAX_BATCH + MAX_QUEUED requests each: more are refused with 503,
+    `queue_full` and Retry-After, at once. Once the clients hang up, their rows are free."""
+    capacity = GENERATOR_REPLICAS * (MAX_BATCH + MAX_QUEUED)
+    answered, hang_up = threading.Barrier(capacity + 5, timeout=120), threading.Event()
+
+    def open_stream(_):
+        body = {**COUNTING, "stream": True}
+        with _client(url) as c, c.stream("POST", "/v1/completions", json=body) as r:
+            if r.status_code != 200:
+                r.read()
+                answered.wait()
+                return r.status_code, r.headers.get("retry-after"), r.json()["error"]
+            answered.wait()  # admitted: the status comes with the replica's Started
+            hang_up.wait(120)
+            return 200, None, None
+
+    with ThreadPoolExecutor(capacity + 4) as pool:
+        outcomes = pool.map(open_stream, range(capacity + 4))
+        answered.wait()  # every request has its answer or its first event
+        hang_up.set()
+        outcomes = list(outcomes)
+    refused = [o for o in outcomes if o[0] != 200]
+    assert 4 <= len(refused) < len(outcomes)
+    for status, retry_after, error in refused:
+        assert (status, retry_after, error["code"]) == (503, "1", "queue_full")
+        assert error["type"] == "service_unavailable"
+        assert "retry" in error["message"]
+    # Left before their answers: a new full load fits at once (their rows were freed).
+    with ThreadPoolExecutor(capacity) as pool:
+        again = list(pool.map(lambda _: _complete(url), range(capacity)))
+    assert all(r.status_code == 200 for r in again), [r.text for r in again if r.status_code != 200]
+
+
+def _complete(url):
+    with _client(url) as c:
+        return c.post("/v1/completions", json={**COUNTING, "max_tokens": 4})
+
+
+def _client(url) -> httpx.Client:
+    return httpx.Client(base_url=url, headers=AUTH, timeout=httpx.Timeout(10, read=600))
 
 
 def test_metrics_are_exposed_and_increase(client):

@@ -3,8 +3,18 @@
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.service.metrics import Metrics, ReplicaCollector
-from pipeline.wire import AnswerStats, Finished, ReplicaMetrics
+from pipeline.service.metrics import Metrics
+from pipeline.service.replica_metrics import ReplicaCollector
+from pipeline.wire import (
+    BATCH_BOUNDS,
+    QUEUE_BOUNDS,
+    AnswerStats,
+    Finished,
+    ReplicaMetrics,
+    ServingStats,
+    Started,
+    Tally,
+)
 from trie_store.sharing import SyncStats
 
 
@@ -46,7 +56,7 @@ def test_each_replica_shows_its_latest_figures_under_its_own_label():
 def test_a_replica_unheard_of_for_too_long_is_dropped(monkeypatch):
     collector = ReplicaCollector(stale_s=60)
     clock = [1000.0]
-    monkeypatch.setattr("pipeline.service.metrics.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("pipeline.service.replica_metrics.time.monotonic", lambda: clock[0])
     collector.update(_snapshot("old:1", 0, 5))
     clock[0] += 30
     collector.update(_snapshot("new:2", 0, 6))
@@ -63,3 +73,54 @@ def test_the_exposition_stays_valid_with_or_without_replicas(n):
     names = {f.name for f in text_string_to_metric_families(metrics.exposition().decode())}
     assert "lookahead_rag_requests" in names
     assert ("lookahead_rag_ngram_store_fallbacks" in names) == bool(n)
+
+
+def test_a_replicas_batch_is_shown_under_vllms_names():
+    """As a vLLM dashboard reads them, once `vllm:` is replaced by `lookahead_rag:`."""
+    sizes = Tally(BATCH_BOUNDS)
+    for size in (1, 3, 3, 8):
+        sizes = sizes.add(size)
+    serving = ServingStats(
+        running=3,
+        waiting=2,
+        batch_sizes=sizes,
+        queue_seconds=Tally(QUEUE_BOUNDS).add(0.02),
+        drafts=4,
+        draft_tokens=20,
+        accepted_tokens=5,
+        accepted_per_position=(3, 2),
+    )
+    metrics = Metrics()
+    trace = metrics.trace("/v1/rag", 0.0)
+    trace.on_start(Started(7, (), ReplicaMetrics("a:1", serving=serving)))
+    samples = _samples(metrics)
+    a = (("replica", "a:1"),)
+    assert samples[("lookahead_rag:num_requests_running", a)] == 3
+    assert samples[("lookahead_rag:num_requests_waiting", a)] == 2
+    assert samples[("lookahead_rag:spec_decode_num_drafts_total", a)] == 4
+    assert samples[("lookahead_rag:spec_decode_num_draft_tokens_total", a)] == 20
+    assert samples[("lookahead_rag:spec_decode_num_accepted_tokens_total", a)] == 5
+    per_position = "lookahead_rag:spec_decode_num_accepted_tokens_per_pos_total"
+    assert samples[(per_position, (("position", "0"), *a))] == 3
+    assert samples[(per_position, (("position", "1"), *a))] == 2
+    batch = "lookahead_rag:iteration_batch_size"
+    assert samples[(batch + "_count", a)] == 4
+    assert samples[(batch + "_sum", a)] == 15
+    assert samples[(batch + "_bucket", (("le", "2.0"), *a))] == 1  # sizes <= 2
+    assert samples[(batch + "_bucket", (("le", "4.0"), *a))] == 3
+    assert samples[(batch + "_bucket", (("le", "+Inf"), *a))] == 4
+    queue = "lookahead_rag:request_queue_time_seconds"
+    assert samples[(queue + "_count", a)] == 1
+    assert samples[(queue + "_bucket", (("le", "0.01"), *a))] == 0
+    assert samples[(queue + "_bucket", (("le", "0.05"), *a))] == 1
+    # No n-gram sync figures came with it: none are shown.
+    assert not any(name.startswith("lookahead_rag_ngram_") for name, _ in samples)
+
+
+def test_a_tally_counts_each_value_in_its_bucket():
+    tally = Tally((1, 2, 4))
+    for value in (0.5, 1, 1.5, 4, 9):
+        tally = tally.add(value)
+    assert tally.counts == (2, 1, 1, 1)
+    assert tally.count == 5
+    assert tally.total == 16

@@ -1,155 +1,227 @@
+"""The Generator's model thread (`BatchScheduler`) over a hand-built batch: who joins, who
+waits, who is refused, who leaves, and that one failure stays one failure."""
+
 import asyncio
 import threading
 
 import pytest
 
-from pipeline.service.scheduler import StepScheduler
+from pipeline.service.errors import QueueFullError
+from pipeline.service.scheduler import BatchScheduler
+from pipeline.wire import AnswerStats, ContextTooLongError, Delta, Finished, GenerationJob, Started
 
 
-def steps(name, n, log, fail_at=None):
-    """A request of `n` steps that records which request ran each step."""
-    for i in range(n):
-        if i == fail_at:
-            raise ValueError(f"{name} broke")
-        log.append(name)
-        yield f"{name}{i}"
+def job(name: str, steps: int = 3) -> GenerationJob:
+    return GenerationJob(prompt=name, max_tokens=steps)
 
 
-async def collect(scheduler, start):
-    return [item async for item in scheduler.stream(start)]
+class FakeBatch:
+    """`AnswerBatch`'s surface: a job `name` decodes one Delta per step for `max_tokens` steps,
+    at most `max_batch` at a time (the rest wait, oldest first). Names that misbehave:
+    "too-long" (refused by `add`), "breaks" (fails at its second step), "crash" (the step itself
+    raises). `gate` holds every step until set; `log` records who decoded each step."""
+
+    def __init__(self, max_batch: int = 2) -> None:
+        self.max_batch = max_batch
+        self.gate = threading.Event()
+        self.gate.set()
+        self.log: list[tuple[str, ...]] = []
+        self.cancelled: list[str] = []
+        self.step_thread: int | None = None
+        self._jobs: dict[int, list] = {}  # handle -> [job, steps done]
+        self._next = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._jobs)
+
+    def add(self, job: GenerationJob):
+        if job.prompt == "too-long":
+            raise ContextTooLongError("the question alone does not fit")
+        handle, self._next = self._next, self._next + 1
+        self._jobs[handle] = [job, 0]
+        return handle, Started(1, ())
+
+    def cancel(self, handle: int) -> None:
+        job, _ = self._jobs.pop(handle)
+        self.cancelled.append(job.prompt)
+
+    def step(self):
+        self.gate.wait()
+        self.step_thread = threading.get_ident()
+        running = list(self._jobs.items())[: self.max_batch]
+        if any(job.prompt == "crash" for _, (job, _) in running):
+            raise RuntimeError("the step crashed")
+        self.log.append(tuple(job.prompt for _, (job, _) in running))
+        out = []
+        for handle, state in running:
+            job, done = state
+            state[1] = done = done + 1
+            if job.prompt == "breaks" and done == 2:
+                del self._jobs[handle]
+                out.append((handle, ValueError("breaks broke")))
+                continue
+            events = [Delta(f"{job.prompt}{done}", 1, 0)]
+            if done == job.max_tokens:
+                del self._jobs[handle]
+                events.append(Finished("length", done, AnswerStats(done, 1.0, 0, 0, 0.0, False)))
+            out.append((handle, events))
+        return out
+
+
+def texts(events) -> list[str]:
+    return [e.text for e in events if isinstance(e, Delta)]
+
+
+async def collect(scheduler, job):
+    return [event async for event in scheduler.stream(job)]
 
 
 @pytest.fixture
-def scheduler():
-    s = StepScheduler()
+def batch():
+    return FakeBatch()
+
+
+@pytest.fixture
+def scheduler(batch):
+    s = BatchScheduler(max_queued=2, retry_after_s=1.5)
+    s.start(lambda: batch)
     yield s
     s.close()
 
 
-def test_requests_take_turns_one_step_each(scheduler):
-    log = []
-    gate = threading.Event()
-
-    def blocked_start():  # holds the worker until every request is admitted
-        gate.wait()
-        return steps("a", 3, log)
-
-    async def main():
-        first = asyncio.create_task(collect(scheduler, blocked_start))
-        await asyncio.sleep(0.05)
-        others = [
-            asyncio.create_task(collect(scheduler, lambda: steps("b", 3, log))),
-            asyncio.create_task(collect(scheduler, lambda: steps("c", 1, log))),
-        ]
-        await asyncio.sleep(0.05)
-        gate.set()
-        return await asyncio.gather(first, *others)
-
-    a, b, c = asyncio.run(main())
-    assert (a, b, c) == (["a0", "a1", "a2"], ["b0", "b1", "b2"], ["c0"])
-    assert log == ["a", "b", "c", "a", "b", "a", "b"]
-    assert scheduler.active == 0
-
-
-def test_a_short_request_finishes_long_before_a_long_one(scheduler):
-    log = []  # written on the worker thread, so it records the order steps ran in
-    gate = threading.Event()
-
-    def blocked_long():  # holds the worker until every request is admitted
-        gate.wait()
-        return steps("long", 400, log)
+def test_requests_decode_together_and_a_short_one_is_not_held_back(scheduler, batch):
+    batch.gate.clear()  # every request is in before the first step
 
     async def main():
         tasks = [
-            asyncio.create_task(collect(scheduler, blocked_long)),
-            asyncio.create_task(collect(scheduler, lambda: steps("short", 2, log))),
-            asyncio.create_task(collect(scheduler, lambda: steps("long2", 400, log))),
+            asyncio.create_task(collect(scheduler, job("long", 6))),
+            asyncio.create_task(collect(scheduler, job("short", 2))),
+            asyncio.create_task(collect(scheduler, job("later", 2))),  # waits for a row
         ]
-        await asyncio.sleep(0)  # every task runs up to its first await: all are submitted
-        gate.set()
+        await asyncio.sleep(0.05)
+        batch.gate.set()
         return await asyncio.gather(*tasks)
 
-    long, short, long2 = asyncio.run(main())
-    assert (len(long), short, len(long2)) == (400, ["short0", "short1"], 400)
-    last_short_step = max(i for i, name in enumerate(log) if name == "short")
-    assert last_short_step < 6
-    assert len(log) == 802
+    long, short, later = asyncio.run(main())
+    assert isinstance(long[0], Started)
+    assert isinstance(long[-1], Finished)
+    assert texts(long) == [f"long{i}" for i in range(1, 7)]
+    assert texts(short) == ["short1", "short2"]
+    assert texts(later) == ["later1", "later2"]
+    assert batch.log[:4] == [
+        ("long", "short"),
+        ("long", "short"),
+        ("long", "later"),  # took the row `short` freed
+        ("long", "later"),
+    ]
+    assert scheduler.admitted == 0
+
+
+def test_a_full_queue_is_refused_at_once_with_when_to_retry(scheduler, batch):
+    batch.gate.clear()
+
+    async def main():
+        admitted = [
+            asyncio.create_task(collect(scheduler, job(f"r{i}"))) for i in range(4)
+        ]  # two rows + two waiting
+        await asyncio.sleep(0.05)
+        assert scheduler.admitted == 4
+        with pytest.raises(QueueFullError) as refused:
+            await collect(scheduler, job("one-too-many"))
+        batch.gate.set()
+        await asyncio.gather(*admitted)
+        return refused.value
+
+    refused = asyncio.run(main())
+    assert refused.retry_after_s == 1.5
+    assert "2 requests decoding and 2 waiting" in str(refused)
+    assert scheduler.admitted == 0
+    assert texts(asyncio.run(collect(scheduler, job("after", 1)))) == ["after1"]  # room again
+
+
+def test_a_client_that_leaves_frees_its_row_at_the_next_step(scheduler, batch):
+    async def main():
+        stream = scheduler.stream(job("endless", 10_000))
+        async for event in stream:
+            if isinstance(event, Delta):
+                break
+        await stream.aclose()
+        for _ in range(200):
+            if not scheduler.admitted:
+                return
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert scheduler.admitted == 0
+    assert batch.cancelled == ["endless"]
+    assert not batch.busy
+    assert len(batch.log) < 10_000
 
 
 def test_a_failing_request_fails_alone(scheduler):
-    log = []
-
     async def main():
         return await asyncio.gather(
-            collect(scheduler, lambda: steps("bad", 5, log, fail_at=2)),
-            collect(scheduler, lambda: steps("good", 4, log)),
+            collect(scheduler, job("breaks", 5)),
+            collect(scheduler, job("too-long")),
+            collect(scheduler, job("good", 4)),
             return_exceptions=True,
         )
 
-    bad, good = asyncio.run(main())
-    assert isinstance(bad, ValueError)
-    assert str(bad) == "bad broke"
-    assert good == ["good0", "good1", "good2", "good3"]
+    broken, too_long, good = asyncio.run(main())
+    assert isinstance(broken, ValueError)
+    assert str(broken) == "breaks broke"
+    assert isinstance(too_long, ContextTooLongError)
+    assert texts(good) == ["good1", "good2", "good3", "good4"]
+    assert scheduler.admitted == 0
 
 
-def test_leaving_early_closes_the_request_and_stops_its_steps(scheduler):
-    closed = threading.Event()
-    log = []
-
-    def endless():
-        try:
-            while True:
-                log.append("x")
-                yield "x"
-        finally:
-            closed.set()
+def test_a_step_that_crashes_fails_the_running_requests_and_the_replica_goes_on(scheduler, batch):
+    batch.gate.clear()
 
     async def main():
-        stream = scheduler.stream(endless)
-        async for _ in stream:
-            break
-        await stream.aclose()
+        tasks = asyncio.gather(
+            collect(scheduler, job("bystander")),
+            collect(scheduler, job("crash")),
+            return_exceptions=True,
+        )
+        await asyncio.sleep(0.05)
+        batch.gate.set()
+        return await tasks
 
-    asyncio.run(main())
-    assert closed.wait(5)
-    taken = len(log)
-    assert scheduler.active == 0
-    assert len(log) == taken  # no step ran after the close
+    bystander, crashed = asyncio.run(main())
+    assert isinstance(crashed, RuntimeError)
+    assert isinstance(bystander, RuntimeError)
+    assert sorted(batch.cancelled) == ["bystander", "crash"]
+    assert texts(asyncio.run(collect(scheduler, job("next", 2)))) == ["next1", "next2"]
 
 
-def test_closing_the_scheduler_fails_running_requests_and_refuses_new_ones():
-    scheduler = StepScheduler()
-    gate = threading.Event()
-
-    def slow():
-        gate.wait()
-        yield "late"
+def test_closing_fails_running_requests_and_refuses_new_ones(batch):
+    scheduler = BatchScheduler(max_queued=2, retry_after_s=1.0)
+    scheduler.start(lambda: batch)
+    batch.gate.clear()
 
     async def main():
-        task = asyncio.create_task(collect(scheduler, slow))
+        task = asyncio.create_task(collect(scheduler, job("slow", 2)))
         await asyncio.sleep(0.05)
         closer = asyncio.get_running_loop().run_in_executor(None, scheduler.close)
         await asyncio.sleep(0.05)
-        gate.set()
+        batch.gate.set()
         await closer
         return await asyncio.gather(task, return_exceptions=True)
 
     (result,) = asyncio.run(main())
     assert isinstance(result, RuntimeError)
+    assert "closed" in str(result)
     with pytest.raises(RuntimeError, match="closed"):
-        asyncio.run(collect(scheduler, lambda: steps("z", 1, [])))
+        asyncio.run(collect(scheduler, job("z", 1)))
 
 
-def test_call_runs_on_the_thread_that_runs_every_step(scheduler):
-    """The model is loaded where its steps run (one OpenMP pool, see StepScheduler.call)."""
+def test_the_model_is_loaded_on_the_thread_that_runs_every_step(scheduler, batch):
+    """One OpenMP pool: see BatchScheduler.call."""
     loaded_on = scheduler.call(threading.get_ident)
-
-    def step_threads():
-        for _ in range(3):
-            yield threading.get_ident()
-
-    assert asyncio.run(collect(scheduler, step_threads)) == [loaded_on] * 3
-    assert loaded_on != threading.get_ident()
+    asyncio.run(collect(scheduler, job("a", 2)))
+    assert batch.step_thread == loaded_on != threading.get_ident()
 
 
 def test_call_hands_back_the_error(scheduler):
@@ -158,4 +230,13 @@ def test_call_hands_back_the_error(scheduler):
 
     with pytest.raises(ValueError, match="no such model"):
         scheduler.call(broken)
-    assert scheduler.call(lambda: 42) == 42  # the worker goes on
+    assert scheduler.call(lambda: 42) == 42  # the thread goes on
+
+
+def test_streaming_before_start_is_a_clear_error():
+    scheduler = BatchScheduler(max_queued=1, retry_after_s=1.0)
+    try:
+        with pytest.raises(RuntimeError, match="start"):
+            asyncio.run(collect(scheduler, job("early")))
+    finally:
+        scheduler.close()

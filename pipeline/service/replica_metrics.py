@@ -1,0 +1,150 @@
+"""What each Generator replica counts itself, shown at the ingress's `/metrics` with a `replica`
+label: its batch (named as vLLM names them, `vllm:` -> `lookahead_rag:`, so a vLLM dashboard
+needs only that prefix change) and its n-gram sync (`lookahead_rag_ngram_*`).
+
+The figures ride on each request's `Started` and `Finished` events (`pipeline.wire.ReplicaMetrics`)
+and are the replica's own: counters stay cumulative, gauges are as of its latest event.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from pipeline.wire import ReplicaMetrics, Tally
+
+REPLICA_STALE_S = 900.0  # a replica unheard of for this long is gone (or idle): not shown
+SERVING_PREFIX = "lookahead_rag:"
+
+# Each replica's `SyncStats` field -> (metric name, type, help, label of a by-key count).
+_SYNC_METRICS = {
+    "fallbacks": (
+        "store_fallbacks",
+        "counter",
+        "shared-store operations that failed (the replica drafted from local n-grams)",
+        None,
+    ),
+    "bad_members": (
+        "store_bad_members",
+        "counter",
+        "store members skipped: size, vocab (token id out of vocabulary) or count",
+        "reason",
+    ),
+    "dropped": (
+        "sync_dropped",
+        "counter",
+        "increments dropped past the pending bound (ngram) or answers past the queue",
+        "what",
+    ),
+    "flushed": ("store_flushed", "counter", "n-gram increments sent", None),
+    "pulls": ("store_pulls", "counter", "pulls that brought a new top k", None),
+    "store_up": ("store_up", "gauge", "1 when the last store operation worked", None),
+    "trie_nodes": ("global_trie_nodes", "gauge", "nodes of the current trie", None),
+    "pending_ngrams": ("pending_ngrams", "gauge", "distinct n-grams not yet in the store", None),
+}
+
+# `ServingStats` field -> (vLLM's name, type, help).
+_SERVING_METRICS = {
+    "running": ("num_requests_running", "gauge", "requests holding a batch row"),
+    "waiting": ("num_requests_waiting", "gauge", "requests waiting for a batch row"),
+    "batch_sizes": ("iteration_batch_size", "histogram", "sequences decoded per forward pass"),
+    "queue_seconds": (
+        "request_queue_time_seconds",
+        "histogram",
+        "time a request waited for a batch row",
+    ),
+    "drafts": ("spec_decode_num_drafts", "counter", "drafts verified (one sequence, one step)"),
+    "draft_tokens": ("spec_decode_num_draft_tokens", "counter", "drafted tokens verified"),
+    "accepted_tokens": ("spec_decode_num_accepted_tokens", "counter", "drafted tokens accepted"),
+}
+_PER_POSITION = (
+    "spec_decode_num_accepted_tokens_per_pos",
+    "drafted tokens accepted, by depth in the draft (0: the first drafted token)",
+)
+
+
+class ReplicaCollector(Collector):
+    """The latest figures each Generator replica sent, one `replica` label per replica."""
+
+    def __init__(self, stale_s: float = REPLICA_STALE_S) -> None:
+        self.stale_s = stale_s
+        self._latest: dict[str, tuple[float, ReplicaMetrics]] = {}
+        self._lock = threading.Lock()
+
+    def update(self, snapshot: ReplicaMetrics) -> None:
+        with self._lock:
+            self._latest[snapshot.replica] = (time.monotonic(), snapshot)
+
+    def collect(self) -> Iterable[Metric]:
+        cutoff = time.monotonic() - self.stale_s
+        with self._lock:
+            self._latest = {k: v for k, v in self._latest.items() if v[0] >= cutoff}
+            snapshots = [snapshot for _, (_, snapshot) in sorted(self._latest.items())]
+        sync = [s for s in snapshots if s.sync is not None]
+        serving = [s for s in snapshots if s.serving is not None]
+        return [*(_sync_families(sync) if sync else ()), *_serving_families(serving)]
+
+
+def _sync_families(snapshots: list[ReplicaMetrics]) -> list[Metric]:
+    families = []
+    for field, (name, kind, documentation, by) in _SYNC_METRICS.items():
+        family = Metric(f"lookahead_rag_ngram_{name}", documentation, kind)
+        suffix = "_total" if kind == "counter" else ""
+        for snapshot in snapshots:
+            value = getattr(snapshot.sync, field)
+            counts = value.items() if by else [(None, value)]
+            for key, count in counts:
+                labels = {by: key} if by else {}
+                family.add_sample(
+                    family.name + suffix, {**labels, "replica": snapshot.replica}, float(count)
+                )
+        families.append(family)
+    return families
+
+
+def _serving_families(snapshots: list[ReplicaMetrics]) -> list[Metric]:
+    if not snapshots:
+        return []
+    kinds = {
+        "gauge": GaugeMetricFamily,
+        "counter": CounterMetricFamily,
+        "histogram": HistogramMetricFamily,
+    }
+    families = []
+    for field, (name, kind, documentation) in _SERVING_METRICS.items():
+        family = kinds[kind](SERVING_PREFIX + name, documentation, labels=["replica"])
+        for snapshot in snapshots:
+            value = getattr(snapshot.serving, field)
+            if isinstance(value, Tally):
+                family.add_metric([snapshot.replica], _buckets(value), value.total)
+            else:
+                family.add_metric([snapshot.replica], float(value))
+        families.append(family)
+    name, documentation = _PER_POSITION
+    family = CounterMetricFamily(
+        SERVING_PREFIX + name, documentation, labels=["replica", "position"]
+    )
+    for snapshot in snapshots:
+        for position, count in enumerate(snapshot.serving.accepted_per_position):
+            family.add_metric([snapshot.replica, str(position)], float(count))
+    families.append(family)
+    return families
+
+
+def _buckets(tally: Tally) -> list[tuple[str, float]]:
+    """Cumulative counts per upper bound, `+Inf` last, as Prometheus histograms have them."""
+    cumulative, out = 0, []
+    for bound, count in zip((*tally.bounds, float("inf")), tally.counts, strict=True):
+        cumulative += count
+        out.append((floatToGoString(bound), float(cumulative)))
+    return out
