@@ -40,9 +40,12 @@ Search = Callable[[Sequence[str]], Sequence[Sequence[Any]]]
 
 
 class QuestionAnswerer(Protocol):
-    """Answers one question from its passages: -> answer, finish_reason, sources, stats."""
+    """Answers a block's questions together, each from its passages: per question, its answer,
+    finish_reason, sources and stats, or the exception that failed it (it alone)."""
 
-    def __call__(self, question: str, passages: Sequence[Any]) -> dict[str, Any]: ...
+    def __call__(
+        self, questions: Sequence[str], passages: Sequence[Sequence[Any]]
+    ) -> list[dict[str, Any] | Exception]: ...
 
     def flush(self) -> None:
         """After each block, before its part is written: share what the block taught (the
@@ -58,7 +61,9 @@ class BatchOptions:
     generate_actors: int = 1
     gpus_per_actor: float = 0.0  # per generator actor; fractions share a GPU
     cpus_per_actor: float = 1.0
-    block_rows: int = 8  # rows per block: the unit of work, of progress and of a part file
+    # Rows per block: the unit of work, of progress and of a part file; a generator actor
+    # decodes a block's questions together, so this is at most its batch size.
+    block_rows: int = 8
     fmt: str = "jsonl"
     progress: bool = True
 
@@ -102,7 +107,8 @@ class RetrieveStage:
 
 
 class GenerateStage:
-    """Ray Data actor: turns each row into its output record (JSON), answered or failed."""
+    """Ray Data actor: turns each row into its output record (JSON), answered or failed; the
+    block's questions are decoded together."""
 
     def __init__(self, make_answerer: Callable[[], QuestionAnswerer]) -> None:
         self.model = ModelThread()
@@ -112,29 +118,37 @@ class GenerateStage:
         return self.model.run(self._generate, batch)
 
     def _generate(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        records = []
-        for i in range(len(batch["row"])):
-            row = {
+        rows = [
+            {
                 "row": int(batch["row"][i]),
                 "id": _string_or_none(batch["id"][i]),
                 "question": str(batch["question"][i]),
                 "error": _string_or_none(batch["error"][i]),
             }
-            records.append(json.dumps(self._record(row, batch["passages"][i])))
+            for i in range(len(batch["row"]))
+        ]
+        todo = [i for i, row in enumerate(rows) if not row["error"]]
+        try:
+            answered = self.answer(
+                [rows[i]["question"] for i in todo], [batch["passages"][i] for i in todo]
+            )
+        except Exception as exc:  # the whole block: each of its rows fails with it
+            answered = [exc] * len(todo)
+        outcomes: dict[int, dict[str, Any] | Exception] = dict(zip(todo, answered, strict=True))
+        records = [json.dumps(_record(row, outcomes.get(i))) for i, row in enumerate(rows)]
         self.answer.flush()
         return {"record": np.array(records, dtype=object)}
 
     def __del__(self) -> None:  # Ray Data drops the actor's stage when the pool ends
         self.answer.close()
 
-    def _record(self, row: dict[str, Any], passages: Sequence[Any]) -> dict[str, Any]:
-        if row["error"]:
-            return failed_record(row, row["error"])
-        try:
-            answered = self.answer(row["question"], passages)
-        except Exception as exc:
-            return failed_record(row, f"{type(exc).__name__}: {exc}")
-        return {**row, "status": OK, "error": None, **answered}
+
+def _record(row: dict[str, Any], outcome: dict[str, Any] | Exception | None) -> dict[str, Any]:
+    if row["error"]:
+        return failed_record(row, row["error"])
+    if isinstance(outcome, Exception):
+        return failed_record(row, f"{type(outcome).__name__}: {outcome}")
+    return {**row, "status": OK, "error": None, **outcome}
 
 
 def _string_or_none(value: Any) -> str | None:

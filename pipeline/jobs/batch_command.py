@@ -1,8 +1,9 @@
 """`lookahead-rag batch`: answer a file of questions with the service's own parts on Ray Data.
 
 Each retriever actor opens the configured index and each generator actor loads the configured
-model (`pipeline.answerer.Answerer`) with its own sync of the shared n-grams (`ngrams.*`), so a
-batch answer is the answer the service gives. Finished blocks are written as they come
+model with its own sync of the shared n-grams (`ngrams.*`) and decodes each block's questions
+together (`pipeline.batching`, as a Serve Generator decodes its requests), so a batch answer is
+the answer the service gives. Finished blocks are written as they come
 (`pipeline.jobs.batch`); `--resume` skips the rows an earlier run settled. The JSON summary is the
 last line printed.
 """
@@ -47,6 +48,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="Ray CPUs each actor reserves (default 1); torch threads: model.torch_threads",
     )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        help="questions each generator actor decodes together (generation.max_batch; "
+        "default auto: 8 on CPU, 32 on a GPU)",
+    )
+    parser.add_argument(
+        "--block-rows",
+        type=int,
+        help="questions per block, the unit of work, progress and part files "
+        "(default: the batch size)",
+    )
     parser.add_argument("--format", choices=FORMATS, default="jsonl", help="part file format")
     parser.add_argument(
         "--plain",
@@ -79,26 +92,40 @@ def batch_job(question: str, passages: Sequence[Any], config: Config) -> Generat
 
 
 class ServiceAnswerer:
-    """The Generator's answerer on a batch actor, with its own shared n-gram sync (as each
-    Serve Generator replica has): answers learnt here help the other actors and the service."""
+    """The Generator's batch on a batch actor, with its own shared n-gram sync (as each Serve
+    Generator replica has): answers learnt here help the other actors and the service."""
 
     def __init__(self, config: Config) -> None:
-        from pipeline.answerer import Answerer
+        from pipeline.batching import load_batch
 
         self.config = config
-        self.answerer = Answerer.load(config.model, config.generation, config.ngrams)
+        self.batch = load_batch(config)
 
-    def __call__(self, question: str, passages: Sequence[Any]) -> dict[str, Any]:
-        job = batch_job(question, passages, self.config)
-        return answer_fields(Answer.collect(self.answerer.stream(job)))
+    def __call__(
+        self, questions: Sequence[str], passages: Sequence[Sequence[Any]]
+    ) -> list[dict[str, Any] | Exception]:
+        from pipeline.batching import answer_all
+
+        jobs = [batch_job(q, p, self.config) for q, p in zip(questions, passages, strict=True)]
+        return [
+            answer if isinstance(answer, Exception) else _fields_or_error(answer)
+            for answer in answer_all(self.batch, jobs)
+        ]
 
     def flush(self) -> None:
         """Push this block's n-grams and pull the others' (one store round trip each)."""
-        if self.answerer.ngrams is not None:
-            self.answerer.ngrams.sync_now()
+        if self.batch.answerer.ngrams is not None:
+            self.batch.answerer.ngrams.sync_now()
 
     def close(self) -> None:
-        self.answerer.close()
+        self.batch.answerer.close()
+
+
+def _fields_or_error(answer: Answer) -> dict[str, Any] | Exception:
+    try:
+        return answer_fields(answer)
+    except RuntimeError as exc:
+        return exc
 
 
 def answer_fields(answer: Answer) -> dict[str, Any]:
@@ -120,13 +147,21 @@ def answer_fields(answer: Answer) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline import ray_runtime
+    from pipeline.batching import batch_size
 
-    for flag in ("actors", "retrieve_actors"):
-        if getattr(args, flag) < 1:
+    for flag in ("actors", "retrieve_actors", "max_batch", "block_rows"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1")
     if args.gpus_per_actor < 0 or args.cpus_per_actor <= 0:
         raise SystemExit("--gpus-per-actor must be >= 0 and --cpus-per-actor > 0")
-    config = config_from_args(args, generation__lookahead=False if args.plain else None)
+    config = config_from_args(
+        args,
+        generation__lookahead=False if args.plain else None,
+        generation__max_batch=args.max_batch,
+    )
+    device = "cuda" if args.gpus_per_actor > 0 else "cpu"
+    block_rows = args.block_rows or batch_size(config.generation.max_batch, device)
     try:
         questions = read_questions(args.questions, config.limits.max_input_chars)
     except ValueError as exc:  # the whole file is unusable; a bad row is only that row's error
@@ -138,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         generate_actors=args.actors,
         gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor,
+        block_rows=block_rows,
         fmt=args.format,
     )
     stages = Stages(partial(make_search, config), partial(ServiceAnswerer, config))
