@@ -3,13 +3,23 @@
 1. Latency: the same questions in-process (`RagPipeline`, no Ray, no HTTP) and over HTTP
    (streamed `/v1/rag` through the Serve app), interleaved question by question so both see the
    same machine: p50/p95 end-to-end latency and time to first token, and the HTTP overhead.
-2. Throughput: requests/s and tokens/s at each concurrency level, lookahead vs plain decoding,
-   the two interleaved per level.
+2. Load: streamed `/v1/rag` at each concurrency level (1, 2, 4, 8, 16 by default), lookahead and
+   plain decoding one after the other per level (the order alternating from level to level), so
+   both see the same machine: requests/s, tokens/s, time to first token, inter-token latency,
+   end to end, errors. The Generator batches what it admits, so throughput should grow with
+   concurrency, and time to first token with it.
 
-Both sides are warmed up with one untimed pass over the questions first (oneDNN compiles a
-kernel per new shape on first use, which would otherwise land on whichever side meets it first).
-The shared n-gram store is off: it learns from repeated questions at its own pace on each side,
-which would measure learning, not serving (`lookahead-rag bench-warm` measures what it brings).
+A level sends `max(--requests, 2 * level)` requests each way, so that it is held while the first
+`level` answers run (with only `level` requests the load would start draining at once). A
+request that fails (status >= 400, an error event in the stream, a transport error) is counted,
+not raised: overload is a result. Section 1 and its warm-up stop at the first failure instead:
+a service that fails one request on its own is broken, and its figures would mean nothing.
+
+Everything is warmed up first, untimed: one pass over the questions each side of section 1, and
+one wave at the largest level each way (oneDNN compiles a kernel per new shape on first use,
+which would otherwise land on whichever side or level meets it first). The shared n-gram store
+is off: it learns from repeated questions at its own pace, which would measure learning, not
+serving (`lookahead-rag bench-warm` measures what it brings).
 
 Prints tables; the last line is one JSON object with every figure.
 """
@@ -20,19 +30,24 @@ import argparse
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
 
 from pipeline.ask import sse_payloads
-from pipeline.config import add_config_arguments, config_from_args
+from pipeline.config import ServerSection, add_config_arguments, config_from_args
 from pipeline.ports import free_port
 from pipeline.questions import QUESTIONS
 from pipeline.resources import ensure_index
+from pipeline.service.auth import read_key_file
 from pipeline.wire import Delta
 
 BENCH_MAX_TOKENS = 64
+DEFAULT_REQUESTS = 16
+DEFAULT_LEVELS = "1,2,4,8,16"
+MODES = ("lookahead", "plain")
 TIMEOUT = httpx.Timeout(10.0, read=900.0)
 
 
@@ -48,17 +63,45 @@ def _count(text: str) -> int:
 
 
 def _levels(text: str) -> list[int]:
-    """Comma-separated concurrency levels, each >= 1 (an argparse type)."""
-    return [_count(level) for level in text.split(",")]
+    """Comma-separated concurrency levels, each >= 1, in rising order without repeats (an
+    argparse type): the largest is the last, which the scaling figures compare with level 1."""
+    return sorted({_count(level) for level in text.split(",")})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--requests", type=_count, default=8, help="requests per measurement")
     parser.add_argument(
-        "--concurrency", type=_levels, default="1,4,8", help="comma-separated levels"
+        "--requests",
+        type=_count,
+        default=DEFAULT_REQUESTS,
+        help="questions of the latency part; a load level sends max(this, 2 x level) each way",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_levels,
+        default=DEFAULT_LEVELS,
+        help=f"comma-separated levels (default {DEFAULT_LEVELS})",
     )
     parser.add_argument("--port", type=int, help="HTTP port (default: a free one)")
     add_config_arguments(parser)
+
+
+def requests_at(level: int, requests: int) -> int:
+    """Requests a load level sends each way: twice the level at least, so that the level is held
+    while the first `level` answers run."""
+    return max(requests, 2 * level)
+
+
+def questions(n: int) -> list[str]:
+    return [QUESTIONS[i % len(QUESTIONS)] for i in range(n)]
+
+
+def auth_headers(server: ServerSection) -> dict[str, str]:
+    """`Authorization` with the first configured API key (none configured: no header), so that
+    a service with keys is measured rather than refused."""
+    keys = [key.get_secret_value() for key in server.api_keys]
+    if not keys and server.api_key_file is not None:
+        keys = read_key_file(server.api_key_file)
+    return {"Authorization": f"Bearer {keys[0]}"} if keys else {}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,86 +115,234 @@ def run(args: argparse.Namespace) -> int:
         generation__max_tokens=args.max_tokens or BENCH_MAX_TOKENS,
         ngrams__enabled=False,
     )
-    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.requests)]
+    headers = auth_headers(config.server)
+    asked = questions(args.requests)
     ensure_index(config)
     local = RagPipeline.load(config)
     with ray_runtime.running(config, quiet=True):
         url = deploy(config)
-        with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
-            for q in questions:  # warm both sides up
+        with httpx.Client(base_url=url, timeout=TIMEOUT, headers=headers) as client:
+            for q in asked:  # warm both sides up
                 _http_once(client, q)
                 _local_once(local, q)
             in_process, http = [], []
-            for q in questions:
+            for q in asked:
                 in_process.append(_local_once(local, q))
                 http.append(_http_once(client, q))
-        throughput = {
-            mode: {
-                c: asyncio.run(_load(url, questions, c, mode == "lookahead"))
-                for c in args.concurrency
-            }
-            for mode in ("lookahead", "plain")
-        }
-    result = summarise(in_process, http, throughput, config.generation.max_tokens)
+        loads = asyncio.run(_load_over_http(url, headers, args.concurrency, args.requests))
+    result = summarise(in_process, http, loads, config.generation.max_tokens)
     print_tables(result)
     print(json.dumps(result))
     return 0
 
 
-def _local_once(local, question: str, max_tokens: int | None = None) -> tuple[float, float]:
-    """(time to first text, end-to-end seconds) in-process."""
+def _local_once(local, question: str) -> tuple[float, float]:
+    """(time to the first step's tokens, end-to-end seconds) in-process."""
     t0 = time.perf_counter()
     ttft = None
-    for event in local.stream(question, max_tokens=max_tokens):
-        if ttft is None and isinstance(event, Delta) and event.text:
+    for event in local.stream(question):
+        if ttft is None and isinstance(event, Delta) and event.n_tokens:
             ttft = time.perf_counter() - t0
     return ttft or 0.0, time.perf_counter() - t0
 
 
-def _http_once(
-    client: httpx.Client, question: str, max_tokens: int | None = None
-) -> tuple[float, float]:
-    """(time to first text, end-to-end seconds) over HTTP, streamed."""
-    body = {"question": question, "stream": True}
-    if max_tokens is not None:
-        body["max_tokens"] = max_tokens
+def _http_once(client: httpx.Client, question: str) -> tuple[float, float]:
+    """(time to the first delta's tokens, end-to-end seconds) over HTTP, streamed; raises on a
+    failure (section 1 measures a working service, one request at a time)."""
     t0 = time.perf_counter()
-    ttft = None
-    with client.stream("POST", "/v1/rag", json=body) as response:
+    with client.stream("POST", "/v1/rag", json={"question": question, "stream": True}) as response:
         response.raise_for_status()
-        for payload in sse_payloads(response.iter_lines()):
-            if ttft is None and payload.get("type") == "delta" and payload["text"]:
-                ttft = time.perf_counter() - t0
-            if "error" in payload:
-                raise RuntimeError(payload["error"]["message"])
-    return ttft or 0.0, time.perf_counter() - t0
+        timeline = [(time.perf_counter() - t0, p) for p in sse_payloads(response.iter_lines())]
+    streamed = read_stream(timeline, time.perf_counter() - t0)
+    if streamed.error is not None:
+        raise RuntimeError(streamed.error)
+    return streamed.ttft or 0.0, streamed.e2e
 
 
-async def _load(url: str, questions: Sequence[str], concurrency: int, lookahead: bool) -> dict:
-    """All `questions` with at most `concurrency` in flight: requests/s, tokens/s, latency."""
+@dataclass
+class Streamed:
+    """One streamed request as its client saw it, in seconds from sending it."""
+
+    e2e: float
+    ttft: float | None = None  # to the first delta that carried tokens
+    itl: list[float] = field(default_factory=list)  # one a token after the first delta's
+    tokens: int = 0  # completion tokens, from the end event's usage
+    steps: int = 0  # decoding steps, from the end event's stats
+    error: str | None = None
+
+
+@dataclass
+class Load:
+    """One load measurement: every request's stream and the wall time of them all."""
+
+    runs: list[Streamed]
+    wall: float
+
+
+def read_stream(timeline: Iterable[tuple[float, dict]], end: float) -> Streamed:
+    """What a `/v1/rag` stream delivered, from its payloads and the seconds each arrived at:
+    TTFT at the first delta that carries tokens; then each delta's gap since the previous one
+    over its tokens, once per token (as the service's own ITL metric counts); the completion
+    tokens of the end event. An error event, or no end event, makes it a failure."""
+    streamed = Streamed(e2e=end)
+    last, ended = None, False
+    for at, payload in timeline:
+        if "error" in payload:
+            streamed.error = _message(payload)
+            return streamed
+        kind = payload.get("type")
+        if kind == "delta" and payload.get("tokens"):
+            n = payload["tokens"]
+            if last is None:
+                streamed.ttft = at
+            else:
+                streamed.itl.extend([(at - last) / n] * n)
+            last = at
+        elif kind == "end":
+            streamed.tokens = payload["usage"]["completion_tokens"]
+            streamed.steps = payload.get("stats", {}).get("steps", 0)
+            ended = True
+    if not ended:
+        streamed.error = "the stream ended without its end event"
+    return streamed
+
+
+def _message(body: object) -> str:
+    """The message of an API error body (`{"error": {"message": ...}}`), else the body."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("message", body))
+    return str(body)
+
+
+def http_error(status: int, text: str) -> str:
+    """What a refused request counts as: its status and the API's message (or the body's start,
+    where it is not the API's JSON)."""
+    try:
+        message = _message(json.loads(text))
+    except ValueError:
+        message = text[:200]
+    return f"HTTP {status}: {message}"
+
+
+async def _load_over_http(
+    url: str, headers: dict[str, str], levels: Sequence[int], requests: int
+) -> dict[int, dict[str, Load]]:
+    limits = httpx.Limits(max_connections=max(levels))
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, timeout=TIMEOUT, limits=limits
+    ) as client:
+        return await measure(client, levels, requests)
+
+
+async def measure(
+    client: httpx.AsyncClient, levels: Sequence[int], requests: int
+) -> dict[int, dict[str, Load]]:
+    """Each level's load both ways, after an untimed wave at the largest level each way (it meets
+    every batch shape a smaller level will). Lookahead goes first at the first level, plain at
+    the next, and so on, so that neither mode always follows the other."""
+    top = max(levels)
+    for mode in MODES:
+        await load(client, questions(top), top, mode == "lookahead")
+    out: dict[int, dict[str, Load]] = {}
+    for i, level in enumerate(levels):
+        asked = questions(requests_at(level, requests))
+        out[level] = {}
+        for mode in MODES if i % 2 == 0 else MODES[::-1]:
+            out[level][mode] = await load(client, asked, level, mode == "lookahead")
+    return out
+
+
+async def load(
+    client: httpx.AsyncClient, asked: Sequence[str], concurrency: int, lookahead: bool
+) -> Load:
+    """All of `asked`, streamed, with at most `concurrency` in flight."""
     gate = asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=concurrency)
 
-    async def one(client: httpx.AsyncClient, question: str) -> tuple[float, int]:
+    async def one(question: str) -> Streamed:
         async with gate:
-            t0 = time.perf_counter()
-            response = await client.post(
-                "/v1/rag", json={"question": question, "lookahead": lookahead}
-            )
-            response.raise_for_status()
-            return time.perf_counter() - t0, response.json()["usage"]["completion_tokens"]
+            return await stream_once(client, question, lookahead)
 
-    async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT, limits=limits) as client:
-        t0 = time.perf_counter()
-        done = await asyncio.gather(*(one(client, q) for q in questions))
-        wall = time.perf_counter() - t0
-    latencies = [d[0] for d in done]
+    t0 = time.perf_counter()
+    runs = await asyncio.gather(*(one(q) for q in asked))
+    return Load(list(runs), time.perf_counter() - t0)
+
+
+async def stream_once(client: httpx.AsyncClient, question: str, lookahead: bool) -> Streamed:
+    """One streamed `/v1/rag` request; a failure is returned as the run's error, not raised."""
+    body = {"question": question, "stream": True, "lookahead": lookahead}
+    t0 = time.perf_counter()
+    timeline: list[tuple[float, dict]] = []
+    try:
+        async with client.stream("POST", "/v1/rag", json=body) as response:
+            if response.status_code >= 400:
+                text = (await response.aread()).decode(errors="replace")
+                error = http_error(response.status_code, text)
+                return Streamed(e2e=time.perf_counter() - t0, error=error)
+            async for line in response.aiter_lines():
+                at = time.perf_counter() - t0
+                timeline.extend((at, payload) for payload in sse_payloads([line]))
+    except (httpx.HTTPError, httpx.StreamError, ValueError) as exc:  # transport; not JSON
+        return Streamed(e2e=time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}")
+    return read_stream(timeline, time.perf_counter() - t0)
+
+
+def _pct(values: Sequence[float], q: float, digits: int, scale: float = 1.0) -> float | None:
+    """The q-th percentile (linear interpolation), scaled and rounded; None without values."""
+    if not values:
+        return None
+    return round(scale * float(np.percentile(values, q)), digits)
+
+
+def _ratio(num: float | None, den: float | None, digits: int = 3) -> float | None:
+    return None if num is None or not den else round(num / den, digits)
+
+
+def figures(measured: Load) -> dict:
+    """One mode at one level: throughput of the answers that succeeded (failed ones are only
+    counted), and p50/p95 of TTFT, inter-token latency (pooled over every token) and end to
+    end."""
+    ok = [r for r in measured.runs if r.error is None]
+    tokens = sum(r.tokens for r in ok)
+    steps = sum(r.steps for r in ok)
+    ttft = [r.ttft for r in ok if r.ttft is not None]
+    itl = [gap for r in ok for gap in r.itl]
+    e2e = [r.e2e for r in ok]
     return {
-        "requests_per_s": round(len(done) / wall, 4),
-        "tokens_per_s": round(sum(d[1] for d in done) / wall, 2),
-        "latency_p50_s": round(float(np.percentile(latencies, 50)), 3),
-        "latency_p95_s": round(float(np.percentile(latencies, 95)), 3),
+        "req_s": round(len(ok) / measured.wall, 4),
+        "tok_s": round(tokens / measured.wall, 2),
+        "tokens_per_step": _ratio(tokens, steps),
+        "ttft_p50_s": _pct(ttft, 50, 4),
+        "ttft_p95_s": _pct(ttft, 95, 4),
+        "itl_p50_ms": _pct(itl, 50, 1, scale=1e3),
+        "itl_p95_ms": _pct(itl, 95, 1, scale=1e3),
+        "e2e_p50_s": _pct(e2e, 50, 4),
+        "e2e_p95_s": _pct(e2e, 95, 4),
+        "errors": len(measured.runs) - len(ok),
     }
+
+
+def level_summary(by_mode: dict[str, Load]) -> dict:
+    """One level's JSON: each mode's `figures` flat with a mode prefix (`plain_tok_s`, ...),
+    plus the requests sent each way, `ttft_p95_s` (lookahead's), `errors` (both modes') and
+    `lookahead_over_plain` (tokens/s)."""
+    out: dict = {"requests": len(by_mode["lookahead"].runs)}
+    for mode in MODES:
+        out.update({f"{mode}_{key}": value for key, value in figures(by_mode[mode]).items()})
+    out["ttft_p95_s"] = out["lookahead_ttft_p95_s"]
+    out["errors"] = out["lookahead_errors"] + out["plain_errors"]
+    out["lookahead_over_plain"] = _ratio(out["lookahead_tok_s"], out["plain_tok_s"])
+    return out
+
+
+def first_errors(loads: dict[int, dict[str, Load]]) -> dict[str, dict[str, str]]:
+    """The first failure of each level and mode that had one: why it failed, in a line."""
+    out: dict[str, dict[str, str]] = {}
+    for level, by_mode in sorted(loads.items()):
+        for mode in MODES:
+            errors = [r.error for r in by_mode[mode].runs if r.error is not None]
+            if errors:
+                out.setdefault(str(level), {})[mode] = errors[0]
+    return out
 
 
 def percentiles(samples: Sequence[tuple[float, float]]) -> dict:
@@ -165,51 +356,96 @@ def percentiles(samples: Sequence[tuple[float, float]]) -> dict:
     }
 
 
-def summarise(in_process, http, throughput, max_tokens: int) -> dict:
+def summarise(in_process, http, loads: dict[int, dict[str, Load]], max_tokens: int) -> dict:
     """The JSON object: latency each way and the HTTP overhead (none where in-process measured
-    0), throughput per mode and level (`_load`'s figures), lookahead over plain in tokens/s."""
+    0); each load level's `level_summary`; and from level 1 to the largest, how plain and
+    lookahead tokens/s and lookahead's TTFT p95 grew (null where level 1 was not measured)."""
     local, remote = percentiles(in_process), percentiles(http)
     overhead = {key: round(remote[key] / local[key] - 1, 4) for key in local if local[key] > 0}
-    levels = throughput["lookahead"].keys()
-    speedup = {
-        str(c): round(
-            throughput["lookahead"][c]["tokens_per_s"] / throughput["plain"][c]["tokens_per_s"], 3
-        )
-        for c in levels
-    }
+    levels = {str(c): level_summary(loads[c]) for c in sorted(loads)}
+    first, top = levels.get("1"), levels[str(max(loads))]
+
+    def growth(key: str) -> float | None:
+        return None if first is None else _ratio(top[key], first[key])
+
     return {
         "max_tokens": max_tokens,
         "requests": len(in_process),
         "latency": {"in_process": local, "http": remote, "http_overhead": overhead},
-        "throughput": {
-            mode: {str(c): figures for c, figures in by_level.items()}
-            for mode, by_level in throughput.items()
-        },
-        "lookahead_speedup_tokens_per_s": speedup,
+        "levels": levels,
+        "scaling_plain_tok_s": growth("plain_tok_s"),
+        "scaling_lookahead_tok_s": growth("lookahead_tok_s"),
+        "ttft_p95_growth": growth("ttft_p95_s"),
+        "first_errors": first_errors(loads),
     }
 
 
+def _cell(value: float | None, fmt: str, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{fmt.format(value):>{width}}"
+
+
+# load table: (heading, figure without its mode prefix, format)
+_LOAD_COLUMNS = (
+    ("req/s", "req_s", "{:.3f}"),
+    ("tok/s", "tok_s", "{:.1f}"),
+    ("tok/step", "tokens_per_step", "{:.2f}"),
+    ("TTFT p50", "ttft_p50_s", "{:.3f}s"),
+    ("TTFT p95", "ttft_p95_s", "{:.3f}s"),
+    ("ITL p50", "itl_p50_ms", "{:.1f}ms"),
+    ("ITL p95", "itl_p95_ms", "{:.1f}ms"),
+    ("e2e p50", "e2e_p50_s", "{:.2f}s"),
+    ("e2e p95", "e2e_p95_s", "{:.2f}s"),
+    ("errors", "errors", "{}"),
+)
+
+
 def print_tables(result: dict) -> None:
+    _print_latency(result)
+    _print_load(result)
+    _print_comparisons(result)
+
+
+def _print_latency(result: dict) -> None:
     latency = result["latency"]
     print(f"\nlatency over {result['requests']} questions (max_tokens {result['max_tokens']})")
     print(f"{'':<12} {'TTFT p50':>9} {'TTFT p95':>9} {'e2e p50':>9} {'e2e p95':>9}")
     for name in ("in_process", "http", "http_overhead"):
         row = latency[name]
-        cells = [row.get(k) for k in ("ttft_p50_s", "ttft_p95_s", "e2e_p50_s", "e2e_p95_s")]
-        fmt = "{:>+8.1%}" if name == "http_overhead" else "{:>8.3f}s"
-        print(
-            f"{name:<12} "
-            + " ".join(fmt.format(c) if c is not None else f"{'-':>9}" for c in cells)
-        )
-    print("\nthroughput over HTTP")
-    print(f"{'concurrency':<12} {'mode':<10} {'req/s':>7} {'tok/s':>7} {'p50 s':>7} {'p95 s':>7}")
-    for mode, by_level in result["throughput"].items():
-        for c, f in by_level.items():
-            print(
-                f"{c:<12} {mode:<10} {f['requests_per_s']:>7.3f} {f['tokens_per_s']:>7.1f} "
-                f"{f['latency_p50_s']:>7.2f} {f['latency_p95_s']:>7.2f}"
-            )
-    speedups = ", ".join(
-        f"{c}: {s:.2f}x" for c, s in result["lookahead_speedup_tokens_per_s"].items()
+        fmt = "{:+.1%}" if name == "http_overhead" else "{:.3f}s"
+        keys = ("ttft_p50_s", "ttft_p95_s", "e2e_p50_s", "e2e_p95_s")
+        print(f"{name:<12} " + " ".join(_cell(row.get(k), fmt, 9) for k in keys))
+
+
+def _print_load(result: dict) -> None:
+    print("\nload over HTTP (streamed /v1/rag; failed requests only counted)")
+    print(
+        f"{'level':<6} {'mode':<10} {'sent':>5} "
+        + " ".join(f"{heading:>9}" for heading, _, _ in _LOAD_COLUMNS)
     )
-    print(f"\nlookahead vs plain (tokens/s) by concurrency: {speedups}")
+    for level, row in result["levels"].items():
+        for mode in MODES:
+            cells = (_cell(row[f"{mode}_{key}"], fmt, 9) for _, key, fmt in _LOAD_COLUMNS)
+            print(f"{level:<6} {mode:<10} {row['requests']:>5} " + " ".join(cells))
+
+
+def _print_comparisons(result: dict) -> None:
+    """Lookahead over plain per level, growth from level 1 to the largest, why requests failed."""
+    speedups = ", ".join(
+        f"{level}: {_cell(row['lookahead_over_plain'], '{:.2f}x', 0)}"
+        for level, row in result["levels"].items()
+    )
+    print(f"\nlookahead vs plain (tokens/s) by level: {speedups}")
+    top = list(result["levels"])[-1]
+    if "1" in result["levels"]:
+        growth = ", ".join(
+            f"{name} {_cell(result[key], '{:.2f}x', 0)}"
+            for name, key in (
+                ("plain tok/s", "scaling_plain_tok_s"),
+                ("lookahead tok/s", "scaling_lookahead_tok_s"),
+                ("lookahead TTFT p95", "ttft_p95_growth"),
+            )
+        )
+        print(f"level 1 -> {top}: {growth}")
+    for level, by_mode in result["first_errors"].items():
+        for mode, error in by_mode.items():
+            print(f"first error at level {level}, {mode}: {error}")
