@@ -19,6 +19,7 @@ MAX_BODY_BYTES = 20_000
 MODEL = "lookahead-rag"
 GENERATOR_REPLICAS = 2  # in the session's Serve app
 MAX_BATCH, MAX_QUEUED = 4, 4  # per Generator replica of the session's Serve app
+HELD_TOKENS = 1024  # the session's limits.max_tokens: the longest answer a test may ask for
 API_KEY = "sk-test-0123456789"  # the session's Serve app lets this key in
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 BODY_TIMEOUT_S = 3.0  # the session's Serve app: a body must arrive within this

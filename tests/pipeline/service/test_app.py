@@ -17,6 +17,7 @@ from servehelpers import (
     AUTH,
     BAD_REQUESTS,
     GENERATOR_REPLICAS,
+    HELD_TOKENS,
     MAX_BATCH,
     MAX_QUEUED,
     MODEL,
@@ -195,21 +196,23 @@ QUESTIONS = [
 ]
 
 
-def _batch_sizes(client) -> tuple[float, float]:
-    """Over every replica: decode steps, and those that decoded one sequence only."""
+def _batch_sizes(client) -> tuple[float, float, float]:
+    """Over every replica: decode steps, those that decoded one sequence only, and the
+    sequences decoded (summed over steps)."""
     families = text_string_to_metric_families(client.get("/metrics").text)
     samples = [s for f in families for s in f.samples]
     name = "lookahead_rag:iteration_batch_size"
     steps = sum(s.value for s in samples if s.name == name + "_count")
     alone = sum(s.value for s in samples if s.name == name + "_bucket" and s.labels["le"] == "1.0")
-    return steps, alone
+    sequences = sum(s.value for s in samples if s.name == name + "_sum")
+    return steps, alone, sequences
 
 
 def test_concurrent_requests_share_forward_passes_and_each_gets_its_plain_answer(client, url):
     """Seven answers decode together (the batch-size histogram shows shared steps), each the
     plain greedy answer it gets alone; a short request sent while they run is not held back."""
     plain = [rag(client, question=q, max_tokens=24, lookahead=False)["answer"] for q in QUESTIONS]
-    steps_before, alone_before = _batch_sizes(client)
+    steps_before, alone_before, _ = _batch_sizes(client)
     started = threading.Barrier(len(QUESTIONS) + 1, timeout=120)
     finished = {}
 
@@ -234,18 +237,27 @@ def test_concurrent_requests_share_forward_passes_and_each_gets_its_plain_answer
     assert answers == plain
     # It joined running batches between steps: it ends long before any 24-token answer.
     assert finished["short"] < min(t for name, t in finished.items() if name != "short")
-    steps, alone = _batch_sizes(client)
+    steps, alone, _ = _batch_sizes(client)
     assert steps - steps_before > 0
     assert alone - alone_before < steps - steps_before  # some steps decoded several at once
 
 
-COUNTING = {"model": MODEL, "prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "rag": False, "max_tokens": 200}
+# An answer that goes on counting: plain decoding makes one token per sequence and step.
+COUNTING = {
+    "model": MODEL,
+    "prompt": "1, 2, 3, 4, 5, 6, 7, 8,",
+    "rag": False,
+    "lookahead": False,
+    "max_tokens": HELD_TOKENS,
+}
 
 
-def test_a_full_queue_is_refused_at_once_and_clients_that_leave_free_their_rows(url):
+def test_a_full_queue_is_refused_at_once_and_clients_that_leave_free_their_rows(client, url):
     """Two replicas hold MAX_BATCH + MAX_QUEUED requests each: more are refused with 503,
-    `queue_full` and Retry-After, at once. Once the clients hang up, their rows are free."""
+    `queue_full` and Retry-After, at once. Clients that hang up free their rows: a full load
+    fits again, and the replicas decoded far fewer steps for them than their whole answers."""
     capacity = GENERATOR_REPLICAS * (MAX_BATCH + MAX_QUEUED)
+    before = _batch_sizes(client)
     answered, hang_up = threading.Barrier(capacity + 5, timeout=120), threading.Event()
 
     def open_stream(_):
@@ -270,15 +282,25 @@ def test_a_full_queue_is_refused_at_once_and_clients_that_leave_free_their_rows(
         assert (status, retry_after, error["code"]) == (503, "1", "queue_full")
         assert error["type"] == "service_unavailable"
         assert "retry" in error["message"]
-    # Left before their answers: a new full load fits at once (their rows were freed).
-    with ThreadPoolExecutor(capacity) as pool:
-        again = list(pool.map(lambda _: _complete(url), range(capacity)))
-    assert all(r.status_code == 200 for r in again), [r.text for r in again if r.status_code != 200]
+    deadline = time.monotonic() + 300
+    while not _a_full_load_fits(url, capacity):
+        assert time.monotonic() < deadline, "the rows of the clients that left were never freed"
+        time.sleep(0.5)
+    # Every replica has answered since (a full load reaches both): its figures are current.
+    decoded = _batch_sizes(client)[2] - before[2]  # sequence-steps, one token each
+    held = len(outcomes) - len(refused)
+    assert decoded < held * HELD_TOKENS / 2
 
 
-def _complete(url):
-    with _client(url) as c:
-        return c.post("/v1/completions", json={**COUNTING, "max_tokens": 4})
+def _a_full_load_fits(url, n) -> bool:
+    def complete(_):
+        with _client(url) as c:
+            return c.post("/v1/completions", json={**COUNTING, "max_tokens": 4}).status_code
+
+    with ThreadPoolExecutor(n) as pool:
+        statuses = list(pool.map(complete, range(n)))
+    assert set(statuses) <= {200, 503}, statuses
+    return statuses == [200] * n
 
 
 def _client(url) -> httpx.Client:
