@@ -20,8 +20,9 @@ from ray.serve._private.utils import import_attr
 from ray.serve.schema import ServeDeploySchema
 
 import pipeline.service.app
+from generation.defaults import MAX_BATCH_GPU
 from pipeline import cli
-from pipeline.config import ENV_PREFIX, load_config
+from pipeline.config import ENV_PREFIX, Config, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -86,6 +87,12 @@ def test_generator_replicas_take_one_gpu_and_scale(serve_config: ServeDeploySche
     assert generator.ray_actor_options.num_gpus == 1
     scaling = generator.autoscaling_config
     assert 1 <= scaling["min_replicas"] < scaling["max_replicas"]
+    # Scaled out once a GPU batch is full; handed more than batch + queue, so that past them a
+    # replica answers 503 + Retry-After instead of Serve queueing without bound.
+    config = Config()
+    assert scaling["target_ongoing_requests"] == MAX_BATCH_GPU
+    capacity = MAX_BATCH_GPU + config.limits.max_queued
+    assert generator.max_ongoing_requests > capacity
 
 
 def _job_args(job: dict) -> argparse.Namespace:

@@ -44,7 +44,6 @@ def serve_app(small_index_dir, session_redis, tmp_path_factory):
         API_KEY,
         BODY_TIMEOUT_S,
         GENERATOR_REPLICAS,
-        HELD_TOKENS,
         MAX_BATCH,
         MAX_QUEUED,
         small_limits_config,
@@ -62,7 +61,6 @@ def serve_app(small_index_dir, session_redis, tmp_path_factory):
             "limits.body_timeout_s": BODY_TIMEOUT_S,
             "retrieval.index_dir": str(small_index_dir),
             "generation.max_tokens": 24,
-            "limits.max_tokens": HELD_TOKENS,  # answers long enough to hold a row a while
             "server.port": free_port(),
             "server.ray_num_cpus": 2,
             "deployments.generator.num_replicas": GENERATOR_REPLICAS,

@@ -19,7 +19,7 @@ MAX_BODY_BYTES = 20_000
 MODEL = "lookahead-rag"
 GENERATOR_REPLICAS = 2  # in the session's Serve app
 MAX_BATCH, MAX_QUEUED = 4, 4  # per Generator replica of the session's Serve app
-HELD_TOKENS = 1024  # the session's limits.max_tokens: the longest answer a test may ask for
+HELD_TOKENS = 256  # the longest answer a request may ask for (limits.max_tokens)
 API_KEY = "sk-test-0123456789"  # the session's Serve app lets this key in
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 BODY_TIMEOUT_S = 3.0  # the session's Serve app: a body must arrive within this
@@ -27,7 +27,7 @@ BODY_TIMEOUT_S = 3.0  # the session's Serve app: a body must arrive within this
 LIMITS = {
     "limits.max_input_chars": MAX_INPUT_CHARS,
     "limits.max_body_bytes": MAX_BODY_BYTES,
-    "limits.max_tokens": 256,
+    "limits.max_tokens": HELD_TOKENS,
 }
 
 
