@@ -3,7 +3,9 @@ within the context budget -> request drafter seeded from the passages and the pr
 lookahead decoding -> events: `Started` (sources), a `Delta` per step, `Finished` (stats).
 
 The Serve Generator, the batch job's generator actors and `RagPipeline` (in-process) all answer
-through `Answerer`; retrieval is the other half (`retrieval`, the Serve Retriever).
+through `Answerer`: the first two decode many jobs at once (`pipeline.batching`, which uses
+`prepare`, `started` and `events`), `stream` decodes one alone. Retrieval is the other half
+(`retrieval`, the Serve Retriever).
 """
 
 from __future__ import annotations
