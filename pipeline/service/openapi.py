@@ -31,7 +31,15 @@ _ERRORS = {
     404: "no such model (see GET /v1/models)",
     408: "the body did not arrive within limits.body_timeout_s",
     413: "the body or the input is larger than the limits allow",
-    503: "a backend is down, restarting or full: retry later",
+    503: "a backend is down or restarting, or a Generator's wait queue is full (`queue_full`, "
+    "with `Retry-After`): retry later",
+}
+# Headers a generating route's 503 may carry.
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before retrying (with `queue_full`)",
+        "schema": {"type": "integer", "minimum": 1},
+    }
 }
 # path -> (request schema, whole response, errors besides 401)
 _GENERATING: dict[str, tuple[str, type[BaseModel], tuple[int, ...]]] = {
@@ -93,7 +101,10 @@ def service_schema(schema: dict[str, Any], config: Config) -> dict[str, Any]:
 
 def _error_response(status: int) -> dict[str, Any]:
     content = {"application/json": {"schema": {"$ref": _REF.format(model="ErrorBody")}}}
-    return {"description": _ERRORS[status], "content": content}
+    response = {"description": _ERRORS[status], "content": content}
+    if status == 503:
+        response["headers"] = _RETRY_AFTER
+    return response
 
 
 # One server-sent event of a stream (`stream: true`); before OpenAPI 3.2 a stream's `schema`

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from pipeline.config import load_config
-from pipeline.service.errors import BackendUnavailableError, ReplicaDiedError
+from pipeline.service.errors import BackendUnavailableError, QueueFullError, ReplicaDiedError
 from pipeline.wire import AnswerStats, Delta, Finished, SourceRef, Started
 
 # Small limits keep the oversize cases cheap to send.
@@ -412,7 +412,8 @@ class Passage:
 class StandIn:
     """Replays a fixed answer; `fail` makes a part raise at a chosen point: "retrieve", "start",
     "midway", "check", "bug" (a plain exception), "died-at-start" / "died-midway" (the replica
-    dies, on the first job only), "hang" (never finishes after two steps)."""
+    dies, on the first job only), "hang" (never finishes after two steps), "full" (the
+    Generator's wait queue is full)."""
 
     def __init__(self):
         self.jobs = []
@@ -430,6 +431,8 @@ class StandIn:
             raise BackendUnavailableError("the generator is unavailable: BackPressureError")
         if self.fail == "bug":
             raise RuntimeError("a bug")
+        if self.fail == "full":
+            raise QueueFullError("the generator is at capacity; retry in 2.5 s", 2.5)
         if self.fail == "died-at-start" and first:
             raise ReplicaDiedError("the generator is unavailable: ActorDiedError")
         passages = job.passages[:2]

@@ -13,6 +13,7 @@ from servehelpers import (
     StandIn,
     asgi_client,
     check_error,
+    completion,
     small_limits_config,
     sse_payloads,
 )
@@ -129,6 +130,18 @@ def test_a_backend_that_is_down_gives_503(client, backend, part):
         error = response.json()["error"]
         assert error["code"] == "backend_unavailable"
         assert "unavailable" in error["message"]
+
+
+def test_a_full_generator_gives_503_with_when_to_retry(client, backend):
+    backend.fail = "full"
+    for path, body in (("/v1/rag", {"question": "q"}), ("/v1/completions", completion())):
+        for stream in (False, True):
+            response = client.post(path, json={**body, "stream": stream})
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "3"  # whole seconds, rounded up
+            error = response.json()["error"]
+            assert (error["code"], error["type"]) == ("queue_full", "service_unavailable")
+            assert "retry in 2.5 s" in error["message"]
 
 
 def test_healthz_reports_a_dead_backend_as_503(client, backend):
@@ -333,6 +346,7 @@ def test_the_openapi_schema_states_the_configured_limits_and_the_errors_answered
             "application/json",
             "text/event-stream",
         }
+        assert "Retry-After" in operation["responses"]["503"]["headers"]
         error = operation["responses"]["400"]["content"]["application/json"]["schema"]
         assert error == {"$ref": "#/components/schemas/ErrorBody"}
     assert "security" not in paths["/healthz"]["get"]  # open paths ask for no key
