@@ -64,7 +64,6 @@ class Generator:
         self.scheduler = BatchScheduler(limits.max_queued, limits.retry_after_s)
         # On the thread that will run every step (see BatchScheduler.call).
         self.batch = self.scheduler.start(partial(load_batch, config))
-        self.answerer = self.batch.answerer
 
     async def generate(self, job: GenerationJob) -> AsyncIterator[Event]:
         async for event in self.scheduler.stream(job):
@@ -75,7 +74,7 @@ class Generator:
 
     def __del__(self) -> None:
         self.scheduler.close()
-        self.answerer.close()
+        self.batch.answerer.close()
 
 
 @contextmanager

@@ -78,7 +78,7 @@ def test_every_answer_decoded_together_is_its_answer_alone(answerer, alone):
     assert list(per_position) == sorted(per_position, reverse=True)  # depth 2 needs depth 1
 
 
-def test_jobs_wait_oldest_first_for_a_row_and_the_replica_figures_say_so(answerer, alone):
+def test_jobs_wait_oldest_first_for_a_row_and_the_replica_figures_say_so(answerer):
     batch = AnswerBatch(answerer, max_batch=2)
     handles = [batch.add(j)[0] for j in JOBS[:3]]
     assert (batch.serving().running, batch.serving().waiting) == (0, 3)
