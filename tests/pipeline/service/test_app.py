@@ -210,33 +210,20 @@ def _batch_sizes(client) -> tuple[float, float, float]:
 
 def test_concurrent_requests_share_forward_passes_and_each_gets_its_plain_answer(client, url):
     """Seven answers decode together (the batch-size histogram shows shared steps), each the
-    plain greedy answer it gets alone; a short request sent while they run is not held back."""
+    plain greedy answer it gets alone."""
     plain = [rag(client, question=q, max_tokens=24, lookahead=False)["answer"] for q in QUESTIONS]
     steps_before, alone_before, _ = _batch_sizes(client)
-    started = threading.Barrier(len(QUESTIONS) + 1, timeout=120)
-    finished = {}
 
-    def ask(name, question, max_tokens):
-        body = {"question": question, "max_tokens": max_tokens, "stream": True}
-        text = ""
+    def ask(question):
+        body = {"question": question, "max_tokens": 24, "stream": True}
         with _client(url) as c, c.stream("POST", "/v1/rag", json=body) as response:
             assert response.status_code == 200, response.read()
-            for payload in sse_payloads(response.iter_lines()):
-                if payload["type"] == "start" and name != "short":
-                    started.wait()
-                text += payload.get("text", "") if payload["type"] == "delta" else ""
-        finished[name] = time.perf_counter()
-        return text
+            payloads = sse_payloads(response.iter_lines())
+            return "".join(p["text"] for p in payloads if p.get("type") == "delta")
 
-    with ThreadPoolExecutor(len(QUESTIONS) + 1) as pool:
-        longs = [pool.submit(ask, f"long{i}", q, 24) for i, q in enumerate(QUESTIONS)]
-        started.wait()  # every long request is in a batch (two replicas of MAX_BATCH rows)
-        short = pool.submit(ask, "short", QUESTION, 2)
-        answers = [f.result() for f in longs]
-        short.result()
+    with ThreadPoolExecutor(len(QUESTIONS)) as pool:
+        answers = list(pool.map(ask, QUESTIONS))
     assert answers == plain
-    # It joined running batches between steps: it ends long before any 24-token answer.
-    assert finished["short"] < min(t for name, t in finished.items() if name != "short")
     steps, alone, _ = _batch_sizes(client)
     assert steps - steps_before > 0
     assert alone - alone_before < steps - steps_before  # some steps decoded several at once
@@ -250,6 +237,41 @@ COUNTING = {
     "lookahead": False,
     "max_tokens": HELD_TOKENS,
 }
+
+
+def test_a_short_request_joins_running_batches_and_is_not_held_back(url):
+    """Long answers hold rows on both replicas, leaving each a free one: a 2-token request
+    joins a running batch between its steps and ends while every long answer still decodes
+    (they are HELD_TOKENS steps long; the short one needs a couple once admitted)."""
+    held = GENERATOR_REPLICAS * (MAX_BATCH - 2)
+    admitted = threading.Barrier(held + 1, timeout=120)
+    short_done = threading.Event()
+    ended = []
+
+    def hold(_):
+        body = {**COUNTING, "stream": True}
+        with _client(url) as c, c.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200, r.read()
+            admitted.wait()
+            for line in r.iter_lines():
+                if short_done.is_set():
+                    return  # and hang up
+                if line == "data: [DONE]":
+                    ended.append(line)
+
+    with ThreadPoolExecutor(held) as pool:
+        holders = [pool.submit(hold, i) for i in range(held)]
+        admitted.wait()
+        try:
+            with _client(url) as c:
+                short = c.post("/v1/completions", json={**COUNTING, "max_tokens": 2})
+        finally:
+            short_done.set()
+        for holder in holders:
+            holder.result()
+    assert short.status_code == 200, short.text
+    assert short.json()["usage"]["completion_tokens"] == 2
+    assert ended == []  # no long answer had ended
 
 
 def test_a_full_queue_is_refused_at_once_and_clients_that_leave_free_their_rows(client, url):

@@ -3,12 +3,15 @@ waits, who is refused, who leaves, and that one failure stays one failure."""
 
 import asyncio
 import threading
+import time
 
 import pytest
 
 from pipeline.service.errors import QueueFullError
 from pipeline.service.scheduler import BatchScheduler
 from pipeline.wire import AnswerStats, ContextTooLongError, Delta, Finished, GenerationJob, Started
+
+ENDLESS = 10**9  # steps: an answer that never ends by itself
 
 
 def job(name: str, steps: int = 3) -> GenerationJob:
@@ -91,16 +94,24 @@ def scheduler(batch):
 
 
 def test_requests_decode_together_and_a_short_one_is_not_held_back(scheduler, batch):
-    batch.gate.clear()  # every request is in before the first step
-
     async def main():
+        loop = asyncio.get_running_loop()
+        inside, release = threading.Event(), threading.Event()
+
+        def hold_the_model_thread():
+            inside.set()
+            release.wait()
+
+        held = loop.run_in_executor(None, scheduler.call, hold_the_model_thread)
+        await loop.run_in_executor(None, inside.wait)
         tasks = [
             asyncio.create_task(collect(scheduler, job("long", 6))),
             asyncio.create_task(collect(scheduler, job("short", 2))),
             asyncio.create_task(collect(scheduler, job("later", 2))),  # waits for a row
         ]
-        await asyncio.sleep(0.05)
-        batch.gate.set()
+        await asyncio.sleep(0)  # each task runs up to its first await: all are submitted
+        release.set()  # every request is in before the first step
+        await held
         return await asyncio.gather(*tasks)
 
     long, short, later = asyncio.run(main())
@@ -142,21 +153,20 @@ def test_a_full_queue_is_refused_at_once_with_when_to_retry(scheduler, batch):
 
 def test_a_client_that_leaves_frees_its_row_at_the_next_step(scheduler, batch):
     async def main():
-        stream = scheduler.stream(job("endless", 10_000))
+        stream = scheduler.stream(job("endless", ENDLESS))
         async for event in stream:
             if isinstance(event, Delta):
                 break
         await stream.aclose()
-        for _ in range(200):
-            if not scheduler.admitted:
-                return
+        deadline = time.monotonic() + 30
+        while scheduler.admitted and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
     asyncio.run(main())
     assert scheduler.admitted == 0
     assert batch.cancelled == ["endless"]
     assert not batch.busy
-    assert len(batch.log) < 10_000
+    assert len(batch.log) < ENDLESS
 
 
 def test_a_failing_request_fails_alone(scheduler):
