@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from trie_store.sharing.sync import SyncStats
@@ -92,7 +92,7 @@ class ServingStats:
     drafts: int = 0
     draft_tokens: int = 0
     accepted_tokens: int = 0
-    accepted_per_position: tuple[int, ...] = field(default=())
+    accepted_per_position: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
