@@ -40,6 +40,8 @@ from generation.engine import LookaheadConfig, LookaheadGenerator
 from generation.models import load_model
 from generation.step_cost import load_batch_costs
 
+HELP = "the batched engine under load: B sequences at once"
+
 METHODS = ("sequential", "plain", "lookahead")
 
 

@@ -33,6 +33,8 @@ from generation.engine import LookaheadConfig, LookaheadGenerator
 from generation.models import DEFAULT_MODEL, DTYPES, load_model
 from generation.sampling import SamplingParams
 
+HELP = "greedy vs prompt lookup vs lookahead speed"
+
 METHODS = ("greedy", "pld", "lookahead")  # "sample" replaces "greedy" under sampling
 PLD_TOKENS = 10  # what transformers' docs suggest (docs/benchmarks.md)
 

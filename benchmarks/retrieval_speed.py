@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+HELP = "embedding, index build, search latencies"
+
 TARGET_SEARCH_MS = 2.0  # HNSW single-query search p50 at 100k vectors
 TARGET_QUERY_EMBED_MS = 15.0  # query embedding p50
 _INTRINSIC_DIM = 32

@@ -36,13 +36,15 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
-from pipeline.ask import sse_payloads
+from pipeline.commands.ask import sse_payloads
 from pipeline.config import ServerSection, add_config_arguments, config_from_args
 from pipeline.ports import free_port
 from pipeline.questions import QUESTIONS
 from pipeline.resources import ensure_index
 from pipeline.service.auth import read_key_file
 from pipeline.wire import Delta
+
+HELP = "serving benchmark: HTTP overhead, load, lookahead"
 
 BENCH_MAX_TOKENS = 64
 DEFAULT_REQUESTS = 16
@@ -107,7 +109,7 @@ def auth_headers(server: ServerSection) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from pipeline import ray_runtime
     from pipeline.rag import RagPipeline
-    from pipeline.service.serve_command import deploy
+    from pipeline.service.app import deploy
 
     config = config_from_args(
         args,

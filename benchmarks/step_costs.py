@@ -17,6 +17,8 @@ import torch
 from generation.models import DEFAULT_MODEL, DTYPES, LoadedModel, load_model
 from generation.step_cost import CONTEXT_LEN, QS, curve_from_samples, sample_step_costs
 
+HELP = "step-cost surface t(b, q) of verify passes"
+
 
 def _parse_qs(text: str) -> list[int]:
     try:

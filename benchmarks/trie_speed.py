@@ -39,6 +39,8 @@ from trie_store.sharing import SyncConfig
 from trie_store.sharing.members import answer_ngrams
 from trie_store.sharing.popular_trie import build_trie, decode_members
 
+HELP = "micro-benchmark of the n-gram drafting"
+
 WORD = re.compile(r"\w+|[^\w\s]")
 T = TypeVar("T")
 

@@ -47,6 +47,8 @@ from generation import DEFAULT_MODEL, LookaheadConfig, LookaheadGenerator, load_
 from trie_store import RequestDrafter
 from trie_store.sharing import NgramSync, SyncConfig, model_namespace, store_from_url
 
+HELP = "warm service: shared n-grams off/local/shared"
+
 MODES = ("plain", "off", "local", "shared")
 PARAPHRASES = (
     "Based on the passages above, answer: {q}",

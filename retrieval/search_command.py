@@ -10,6 +10,8 @@ from pathlib import Path
 
 from retrieval.errors import RetrievalError
 
+HELP = "top-k passages of an index for questions"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("question", nargs="+", help="one or more questions (searched as a batch)")

@@ -92,3 +92,53 @@ def test_no_product_module_is_over_the_size_limit():
         and (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert not big
+
+
+def _room(module: str) -> str:
+    """A folder of `pipeline` (`pipeline.service`, ...) or the package's top level."""
+    parts = module.split(".")
+    folder = ".".join(parts[:2])
+    return folder if (ROOT / "pipeline" / parts[1]).is_dir() else "pipeline"
+
+
+def test_pipeline_rooms_form_no_circle():
+    rooms: dict[str, set[str]] = {}
+    for module, names in GRAPH.items():
+        if module.split(".")[0] != "pipeline" or module == "pipeline":
+            continue
+        targets = {t for t in map(_resolve, names) if t and t.startswith("pipeline.")}
+        rooms.setdefault(_room(module), set()).update(_room(t) for t in targets)
+    for room, targets in rooms.items():
+        for target in targets - {room}:
+            assert room not in rooms.get(target, set()), f"{room} <-> {target}"
+    # and no longer circle: a room's reach never comes back to it
+    for start in rooms:
+        seen, todo = set(), [t for t in rooms[start] if t != start]
+        while todo:
+            room = todo.pop()
+            assert room != start, f"{start} reaches itself through {sorted(seen)}"
+            if room not in seen:
+                seen.add(room)
+                todo += [t for t in rooms.get(room, ()) if t != room]
+
+
+def test_every_command_is_registered_and_importable_by_its_room():
+    """The CLI's commands are entry points (pyproject.toml), so the edge from the command line
+    to each command module is declared, and benchmarks stay out of the product's imports."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"][
+        "lookahead_rag.commands"
+    ]
+    for name, module in declared.items():
+        path = ROOT / Path(*module.split(".")).with_suffix(".py")
+        assert path.is_file(), f"{name}: {module} is not a module of this tree"
+        source = path.read_text()
+        for needed in ("\nHELP = ", "\ndef add_arguments(", "\ndef run("):
+            assert needed in source, f"{module} lacks {needed.strip()}"
+    product_imports = {
+        target
+        for module, names in GRAPH.items()
+        if not module.startswith("benchmarks")
+        for target in filter(None, map(_resolve, names))
+    }
+    assert not {t for t in product_imports if t.startswith("benchmarks")}

@@ -150,6 +150,14 @@ def build_app(config: Config) -> serve.Application:
     return ingress.bind(config, retriever, generator)
 
 
+def deploy(config: Config) -> str:
+    """Deploy the app on the running Serve instance; the base URL it answers on."""
+    from pipeline.ray_runtime import deploy_app, http_url
+
+    deploy_app(build_app(config), name=config.server.app_name, route_prefix="/")
+    return http_url(config)
+
+
 def app_builder(args: dict[str, Any]) -> serve.Application:
     """For Serve config files: `args: {config: path.yaml, overrides: {"retrieval.top_k": 2}}`.
     Builds the configured index first if it is missing (as `lookahead-rag serve` does)."""

@@ -8,7 +8,7 @@ import torch
 import transformers as tf
 
 from generation.models import _default_model_dir
-from pipeline.cli import main
+from pipeline.commands.cli import main
 
 ROWS = [
     {"question_id": 1, "category": "rag", "turns": ["Passage: the cat sat. Q: where? A: the cat"]},

@@ -8,7 +8,7 @@ import pytest
 from benchhelpers import is_rounded_ratio
 
 from benchmarks.generation_speed import read_prompts
-from pipeline.cli import main
+from pipeline.commands.cli import main
 
 # Half a unit of the last digit each figure is rounded to in the JSON.
 TOK_S_ERR, RATIO_ERR, PER_STEP_ERR, DRAFT_ERR, RATE_ERR = 0.005, 0.0005, 0.0005, 0.005, 0.00005

@@ -6,7 +6,7 @@ import json
 import pytest
 from benchhelpers import is_rounded_ratio
 
-from pipeline.cli import main
+from pipeline.commands.cli import main
 
 DIM = 384  # all-MiniLM-L6-v2's embeddings
 LATENCY = {"p50", "p95", "cpu_p50"}

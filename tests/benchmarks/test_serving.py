@@ -23,7 +23,7 @@ from benchmarks.serving import (
     stream_once,
     summarise,
 )
-from pipeline.cli import build_parser, main
+from pipeline.commands.cli import build_parser, main
 from pipeline.config import ServerSection
 
 # (time to first token, end to end) in seconds, one pair a question

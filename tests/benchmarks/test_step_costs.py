@@ -7,7 +7,7 @@ import math
 import pytest
 from benchhelpers import is_rounded_ratio
 
-from pipeline.cli import main
+from pipeline.commands.cli import main
 
 KEYS = {"device", "model", "dtype", "threads", "context_len", "speedups", "t_ms", "ratio_16_1"}
 T_DIGITS = 4  # significant digits of the JSON's t_ms

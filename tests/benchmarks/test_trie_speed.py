@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks.trie_speed import accepted_length, answer_counts, global_trie, stdlib_tokens
-from pipeline.cli import main
+from pipeline.commands.cli import main
 from trie_store import RequestDrafter, TrieConfig
 from trie_store.sharing import InProcessStore, NgramSync, SyncConfig
 

@@ -10,7 +10,7 @@ import pytest
 from benchhelpers import is_rounded_ratio
 
 from benchmarks.warm_service import KINDS, MODES, paraphrase, read_stream, shortened
-from pipeline.cli import main
+from pipeline.commands.cli import main
 
 FIGURES = ("tokens_per_step", "tokens_per_s", "speedup_vs_plain", "identity", "sync_ms_per_request")
 TRAFFIC = {"round_trips", "script_calls", "commands_executed", "bytes_in", "bytes_out"}

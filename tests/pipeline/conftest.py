@@ -51,7 +51,7 @@ def serve_app(small_index_dir, session_redis, tmp_path_factory):
 
     from pipeline import ray_runtime
     from pipeline.ports import free_port
-    from pipeline.service.serve_command import deploy
+    from pipeline.service.app import deploy
 
     key_file = tmp_path_factory.mktemp("keys") / "api-keys"
     key_file.write_text(API_KEY + "\n")

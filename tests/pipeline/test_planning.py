@@ -4,7 +4,7 @@ the batch job."""
 import pytest
 from servehelpers import Passage, StandIn, asgi_client, small_limits_config
 
-from pipeline.jobs.batch_command import batch_job, index_search
+from pipeline.jobs.rag_stages import batch_job, index_search
 from pipeline.planning import JobRequest, PlanError, plan_job
 from pipeline.rag import RagPipeline
 from pipeline.service.routes import build_api

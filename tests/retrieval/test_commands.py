@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from retrievalhelpers import DOCS
 
-from pipeline.cli import main
+from pipeline.commands.cli import main
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from servehelpers import (
     wait_for_generators,
 )
 
-from pipeline.ask import sse_payloads
+from pipeline.commands.ask import sse_payloads
 
 QUESTION = "How do I parse a JSON string into a Python object?"
 

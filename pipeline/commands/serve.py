@@ -14,10 +14,12 @@ import signal
 import sys
 import threading
 
-from pipeline.config import Config, add_config_arguments, config_from_args
+from pipeline.config import add_config_arguments, config_from_args
 from pipeline.resources import ensure_index
 from pipeline.service.auth import ApiKeys
 from retrieval import RetrievalError
+
+HELP = "run the RAG service (Ray Serve, HTTP API)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,15 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="bind address of the HTTP proxy (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="HTTP port (default 8000)")
     parser.add_argument("--ray-address", help='join this Ray cluster ("auto", "ray://...")')
-
-
-def deploy(config: Config) -> str:
-    """Deploy the app on the running Serve instance; the base URL it answers on."""
-    from pipeline.ray_runtime import deploy_app, http_url
-    from pipeline.service.app import build_app
-
-    deploy_app(build_app(config), name=config.server.app_name, route_prefix="/")
-    return http_url(config)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     from pipeline import ray_runtime
+    from pipeline.service.app import deploy
 
     with ray_runtime.running(config):
         try:

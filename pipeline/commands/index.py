@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from retrieval.errors import RetrievalError
 
+HELP = "build or extend a FAISS index from a corpus"
+
 if TYPE_CHECKING:
     import numpy as np
 

@@ -15,7 +15,7 @@ import psutil
 import redis
 
 from pipeline.answerer import Answerer
-from pipeline.cli import main
+from pipeline.commands.cli import main
 from pipeline.config import load_config
 from pipeline.jobs.batch_io import OK, final_records
 from pipeline.rag import RagPipeline
@@ -28,7 +28,7 @@ QUESTIONS = ("How do I parse a JSON string?", "What does functools.partial do?",
 
 def _batch(*argv: str, env: dict[str, str]) -> dict:
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "batch", *argv],
+        [sys.executable, "-m", "pipeline.commands.cli", "batch", *argv],
         capture_output=True,
         text=True,
         timeout=300,

@@ -15,11 +15,13 @@ import time
 
 import httpx
 
-from pipeline.ask import show, sse_payloads
+from pipeline.commands.ask import show, sse_payloads
 from pipeline.config import add_config_arguments, config_from_args
 from pipeline.ports import free_port
 from pipeline.questions import QUESTIONS
 from pipeline.resources import ensure_index
+
+HELP = "set up and run the main job on the embedded defaults"
 
 DEMO_MAX_TOKENS = 96
 
@@ -32,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline import ray_runtime
-    from pipeline.service.serve_command import deploy
+    from pipeline.service.app import deploy
 
     if not 1 <= args.questions <= len(QUESTIONS):
         raise SystemExit(f"--questions must be between 1 and {len(QUESTIONS)}")

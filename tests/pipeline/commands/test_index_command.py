@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cli import main
+from pipeline.commands.cli import main
 from retrieval import load_index, stdlib_documents
 from retrieval.store import read_index_dir
 

@@ -18,6 +18,8 @@ from pipeline.planning import JobRequest, PlanError, plan_job
 from pipeline.service.rendering import RagRenderer, payloads
 from pipeline.wire import Answer
 
+HELP = "answer one question, in-process or from a running service"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("question")

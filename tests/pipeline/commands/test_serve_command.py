@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from pipeline import ray_runtime
-from pipeline.cli import main
+from pipeline.commands.cli import main
 
 
 @pytest.fixture

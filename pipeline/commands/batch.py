@@ -3,9 +3,9 @@
 Each retriever actor opens the configured index and each generator actor loads the configured
 model with its own sync of the shared n-grams (`ngrams.*`) and decodes each block's questions
 together (`pipeline.batching`, as a Serve Generator decodes its requests), so a batch answer is
-the answer the service gives. Finished blocks are written as they come
-(`pipeline.jobs.batch`); `--resume` skips the rows an earlier run settled. The JSON summary is the
-last line printed.
+the answer the service gives (`pipeline.jobs.rag_stages`). Finished blocks are written as they
+come (`pipeline.jobs.batch`); `--resume` skips the rows an earlier run settled. The JSON summary
+is the last line printed.
 """
 
 from __future__ import annotations
@@ -13,17 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Any
 
-from pipeline.config import Config, add_config_arguments, config_from_args
-from pipeline.jobs.batch import BatchOptions, Search, Stages, run_batch
+from pipeline.config import add_config_arguments, config_from_args
+from pipeline.jobs.batch import BatchOptions, Stages, run_batch
 from pipeline.jobs.batch_io import FORMATS, read_questions, settled_keys
-from pipeline.planning import JobRequest, plan_job
-from pipeline.wire import Answer, GenerationJob
+from pipeline.jobs.rag_stages import ServiceAnswerer, make_search
+
+HELP = "answer a file of questions on Ray Data, resumably"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,83 +64,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="plain decoding, no drafts (generation.lookahead=false): the speed baseline",
     )
-
-
-def make_search(config: Config) -> Search:
-    """The configured index, searched as the service plans it (on a retriever actor)."""
-    from pipeline.resources import open_index
-
-    return index_search(open_index(config), config)
-
-
-def index_search(index: Any, config: Config) -> Search:
-    """Retrieval as the service plans it: the prompt's passages and more to seed the trie."""
-
-    def search(questions: Sequence[str]) -> Sequence[Sequence[Any]]:
-        plans = [plan_job(JobRequest.question(q), config) for q in questions]
-        k = max(plan.retrieve_k for plan in plans)  # one setting: the same for every question
-        return index.search([plan.query for plan in plans], k)
-
-    return search
-
-
-def batch_job(question: str, passages: Sequence[Any], config: Config) -> GenerationJob:
-    """A batch row's job: what `/v1/rag` and `ask` would plan for the same question."""
-    return plan_job(JobRequest.question(question), config).job(passages)
-
-
-class ServiceAnswerer:
-    """The Generator's batch on a batch actor, with its own shared n-gram sync (as each Serve
-    Generator replica has): answers learnt here help the other actors and the service."""
-
-    def __init__(self, config: Config) -> None:
-        from pipeline.batching import load_batch
-
-        self.config = config
-        self.batch = load_batch(config)
-
-    def __call__(
-        self, questions: Sequence[str], passages: Sequence[Sequence[Any]]
-    ) -> list[dict[str, Any] | Exception]:
-        from pipeline.batching import answer_all
-
-        jobs = [batch_job(q, p, self.config) for q, p in zip(questions, passages, strict=True)]
-        return [
-            answer if isinstance(answer, Exception) else _fields_or_error(answer)
-            for answer in answer_all(self.batch, jobs)
-        ]
-
-    def flush(self) -> None:
-        """Push this block's n-grams and pull the others' (one store round trip each)."""
-        if self.batch.answerer.ngrams is not None:
-            self.batch.answerer.ngrams.sync_now()
-
-    def close(self) -> None:
-        self.batch.answerer.close()
-
-
-def _fields_or_error(answer: Answer) -> dict[str, Any] | Exception:
-    try:
-        return answer_fields(answer)
-    except RuntimeError as exc:
-        return exc
-
-
-def answer_fields(answer: Answer) -> dict[str, Any]:
-    """An answer as the `answer`, `finish_reason`, `sources`, `stats` of a batch record."""
-    finished = answer.finished
-    if finished is None:
-        raise RuntimeError("generation ended without finishing the answer")
-    return {
-        "answer": answer.text,
-        "finish_reason": finished.finish_reason,
-        "sources": [asdict(source) for source in answer.sources],
-        "stats": {
-            "prompt_tokens": answer.prompt_tokens,
-            "completion_tokens": finished.completion_tokens,
-            **asdict(finished.stats),
-        },
-    }
 
 
 def run(args: argparse.Namespace) -> int:
