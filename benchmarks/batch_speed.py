@@ -161,11 +161,9 @@ def _runners(
 
     def batched(draft_size: int | str) -> Callable[[list[Prompt], int, int], MethodRun]:
         def go(prompts: list[Prompt], batch: int, max_new: int) -> MethodRun:
-            decoder = BatchDecoder(
-                engine, max_batch=batch, prefill_chunk=prefill_chunk, costs=costs
-            )
+            decoder = BatchDecoder(engine.lm, batch, costs, prefill_chunk)
             request = dataclasses.replace(config, max_new_tokens=max_new, draft_size=draft_size)
-            return _drive(decoder, prompts, request)
+            return _drive(engine, decoder, prompts, request)
 
         return go
 
@@ -176,7 +174,12 @@ def _runners(
     }
 
 
-def _drive(decoder: BatchDecoder, prompts: list[Prompt], config: LookaheadConfig) -> MethodRun:
+def _drive(
+    engine: LookaheadGenerator,
+    decoder: BatchDecoder,
+    prompts: list[Prompt],
+    config: LookaheadConfig,
+) -> MethodRun:
     """Every prompt through `decoder`, admitted as rows free up."""
     queue = list(reversed(prompts))
     runs, ids = {}, {}
@@ -184,7 +187,7 @@ def _drive(decoder: BatchDecoder, prompts: list[Prompt], config: LookaheadConfig
     while queue or decoder.busy:
         while queue and decoder.free:
             prompt = queue.pop()
-            ids[decoder.add(prompt.ids, config)] = prompt.id
+            ids[decoder.add(engine.request(prompt.ids, config))] = prompt.id
             runs[prompt.id] = Timed([], start=time.perf_counter())
         for handle, chunk in decoder.step():
             if chunk.finish_reason == "error":

@@ -1,5 +1,6 @@
-"""`lookahead-rag bench-steps`: the step-cost curve t(q) of a model on its device
-(docs/benchmarks.md).
+"""`lookahead-rag bench-steps`: the step-cost curve t(q) of a model on its device, at a batch of
+`--batch` sequences (docs/benchmarks.md): the engine's own verify passes, as it measures them
+for its cost surface t(b, q).
 
 Prints a table (median, quartiles, t(q)/t(1), and how many draft tokens a q-token pass must
 accept on average to beat plain decoding) and, last, one JSON line. `--compare` also runs
@@ -17,7 +18,7 @@ import torch
 from generation.models import DEFAULT_MODEL, DTYPES, LoadedModel, load_model
 from generation.step_cost import CONTEXT_LEN, QS, curve_from_samples, sample_step_costs
 
-HELP = "step-cost surface t(b, q) of verify passes"
+HELP = "step-cost curve t(q) of verify passes, at a batch size"
 
 
 def _parse_qs(text: str) -> list[int]:
@@ -43,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=list(QS),
         help="comma-separated q, e.g. 1,2,4,8,16,32,64,128",
     )
+    parser.add_argument(
+        "--batch", type=int, default=1, help="sequences per pass, each with its own cache"
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, = cores)")
     parser.add_argument(
         "--stock", action="store_true", help="transformers' stock model only (no speed-ups)"
@@ -67,11 +71,14 @@ def _table(label: str, lm: LoadedModel, samples: dict[int, list[float]]) -> str:
     return "\n".join(lines)
 
 
-def _summary(lm: LoadedModel, samples: dict[int, list[float]], context_len: int) -> dict:
-    curve = curve_from_samples(lm, samples, context_len)
+def _summary(
+    lm: LoadedModel, samples: dict[int, list[float]], context_len: int, batch: int
+) -> dict:
+    curve = curve_from_samples(lm, samples, context_len, batch)
     t = curve.t_ms
     return {
         "device": curve.device,
+        "batch": batch,
         "model": curve.model,
         "dtype": curve.dtype,
         "threads": curve.threads,
@@ -84,6 +91,8 @@ def _summary(lm: LoadedModel, samples: dict[int, list[float]], context_len: int)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.batch < 1:
+        raise SystemExit("--batch must be >= 1")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     setups = {"stock" if args.stock else "fast": not args.stock}
@@ -94,12 +103,12 @@ def run(args: argparse.Namespace) -> int:
         for label, fast in setups.items()
     }
     all_samples = sample_step_costs(
-        list(lms.values()), args.qs, args.context_len, args.repeats, args.warmup
+        list(lms.values()), args.qs, args.context_len, args.repeats, args.warmup, batch=args.batch
     )
     summaries = {}
     for (label, lm), samples in zip(lms.items(), all_samples, strict=True):
         print(_table(label, lm, samples), end="\n\n")
-        summaries[label] = _summary(lm, samples, args.context_len)
+        summaries[label] = _summary(lm, samples, args.context_len, args.batch)
     result = summaries.pop(next(iter(lms)))
     if summaries:
         result["stock"] = summaries["stock"]

@@ -1,4 +1,4 @@
-"""Model loading and the lossless lookahead decode loop.
+"""Model loading and the lossless lookahead decode engine (one batched engine for every path).
 
     from generation import LookaheadGenerator
     print(LookaheadGenerator.load().generate("What is a trie?").text)
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "DEFAULT_MODEL": "generation.defaults",
     "BatchDecoder": "generation.batch",
-    "Chunk": "generation.decode",
-    "DecodeStats": "generation.decode",
+    "Chunk": "generation.request",
+    "DecodeStats": "generation.request",
     "GenerationResult": "generation.engine",
     "LookaheadConfig": "generation.engine",
     "LookaheadGenerator": "generation.engine",
@@ -44,10 +44,10 @@ __all__ = [
 
 if TYPE_CHECKING:
     from generation.batch import BatchDecoder
-    from generation.decode import Chunk, DecodeStats
     from generation.defaults import DEFAULT_MODEL
     from generation.engine import GenerationResult, LookaheadConfig, LookaheadGenerator
     from generation.models import LoadedModel, ModelLoadError, UnsupportedModelError, load_model
+    from generation.request import Chunk, DecodeStats
     from generation.sampling import SamplingParams
 
 

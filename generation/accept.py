@@ -3,7 +3,7 @@
 Greedy takes the longest branch the model itself would write. Sampling is exact speculative
 sampling for point-mass drafts: the emitted tokens have exactly the distribution plain sampling
 gives, whatever the draft. Both return the kept nodes (the root and the accepted path,
-ascending, as `keep_accepted_kv` wants them) and the emitted tokens (the accepted draft tokens
+ascending, as `BatchKVCache.keep` wants them) and the emitted tokens (the accepted draft tokens
 plus the bonus token), so a step always emits at least the one token plain decoding would.
 """
 

@@ -1,14 +1,17 @@
-"""Continuous batching: one forward pass per step for every live sequence.
+"""The decode engine: continuous batching, one forward pass per step for every live sequence.
+A lone request is a batch of one (`LookaheadGenerator.stream`).
 
-    decoder = BatchDecoder(LookaheadGenerator.load(), max_batch=8)
-    handle = decoder.add("What is a trie?")
+    generator = LookaheadGenerator.load()
+    decoder = generator.decoder(max_batch=8)
+    handle = decoder.add(generator.request("What is a trie?"))
     while decoder.busy:
         for handle, chunk in decoder.step():
             ...
 
-Each step: newcomers take free rows and are prefilled in chunks (at most `prefill_chunk`
-tokens a step while others decode, so a long prompt delays them by one chunk, not the whole
-prompt; all at once when nobody is decoding), then every decoding sequence drafts from its own
+Sequences wait, oldest first, in the decoder's queue (the only one: a server reads its length).
+Each step: newcomers take free rows and are prefilled in chunks (at most `prefill_chunk` tokens a
+step while others decode, so a long prompt delays them by one chunk, not the whole prompt; all
+at once when nobody is decoding), then every decoding sequence drafts from its own
 drafter, the cost model picks the rows per sequence `q` that maximise the batch's goodput
 (`budget.choose_rows` over `t(b, q)`: under light load drafts grow, under heavy load they shrink
 to plain batched decoding), and one pass verifies every tree, each in its own cache row. Each
@@ -26,15 +29,14 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from generation.batch_cache import BatchKVCache
-from generation.batch_verify import Block, forward_blocks, prefill_row
 from generation.budget import choose_rows
-from generation.decode import Chunk, DecodeStats, Request
-from generation.engine import LookaheadConfig, LookaheadGenerator, PromptInput
+from generation.defaults import PREFILL_CHUNK
+from generation.kv_cache import BatchKVCache
+from generation.models import LoadedModel
+from generation.request import Chunk, DecodeStats, Request
 from generation.step_cost import BatchCosts, load_batch_costs
-from trie_store.draft import Draft, Drafter
-
-PREFILL_CHUNK = 256  # prompt tokens per step while others decode: ~ a few decode steps' time
+from generation.verify import Block, forward_blocks, prefill_row
+from trie_store.draft import Draft
 
 
 @dataclass
@@ -69,6 +71,7 @@ class _Sequence:
         self.handle = handle
         self.request = request
         self.row: int | None = None  # its cache row, once it has one
+        self.queued_at = time.perf_counter()
 
 
 class BatchDecoder:
@@ -77,29 +80,29 @@ class BatchDecoder:
     Not thread-safe: one thread calls `add`, `cancel` and `step` (the service's model thread).
     An exception raised by one sequence's drafter or stop scan ends that sequence alone (its
     last chunk has finish_reason "error" and the exception); one raised by the model ends the
-    step for all and propagates.
+    sequences of the pass that raised it, the same way.
     """
 
     def __init__(
         self,
-        generator: LookaheadGenerator,
+        lm: LoadedModel,
         max_batch: int = 8,
-        prefill_chunk: int = PREFILL_CHUNK,
         costs: BatchCosts | None = None,
+        prefill_chunk: int = PREFILL_CHUNK,
     ) -> None:
+        """`costs`: the cost surface up to `max_batch` (`LookaheadGenerator.decoder` passes the
+        one it measured at start-up); None measures it when the first request needs it."""
         if max_batch < 1 or prefill_chunk < 1:
             raise ValueError(
                 f"max_batch and prefill_chunk must be >= 1, got {max_batch} and {prefill_chunk}"
             )
-        self.generator = generator
-        self.model = generator.lm.model
+        self.lm = lm
+        self.model = lm.model
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
         self.cache = BatchKVCache(self.model, max_batch)
         self.stats = BatchStats()
         self._costs = costs
-        if costs is None and generator.config.draft_size == "auto":
-            self.costs()  # measured (or read) at start-up, not mid-request
         self._handles = itertools.count()
         self._waiting: deque[_Sequence] = deque()
         self._prefilling: deque[_Sequence] = deque()  # the first one owns row len(_rows)
@@ -108,18 +111,12 @@ class BatchDecoder:
     def costs(self) -> BatchCosts:
         """The measured t(b, q) of this model and device (cached across runs)."""
         if self._costs is None:
-            self._costs = load_batch_costs(self.generator.lm, self.max_batch)
+            self._costs = load_batch_costs(self.lm, self.max_batch)
         return self._costs
 
-    def add(
-        self,
-        prompt: PromptInput,
-        config: LookaheadConfig | None = None,
-        drafter: Drafter | None = None,
-    ) -> int:
-        """Queue a prompt (checked now; see `LookaheadGenerator.request`); returns its handle.
-        It joins the batch at the next step with a free row."""
-        request = self.generator.request(prompt, config, drafter)
+    def add(self, request: Request) -> int:
+        """Queue a checked request (`LookaheadGenerator.request`); returns its handle. It joins
+        the batch at the first step with a free row."""
         if request.policy.fixed is None:
             self.costs()
         sequence = _Sequence(next(self._handles), request)
@@ -146,6 +143,7 @@ class BatchDecoder:
 
     @property
     def waiting(self) -> int:
+        """Sequences queued for a row."""
         return len(self._waiting)
 
     @property
@@ -170,15 +168,22 @@ class BatchDecoder:
         return bool(self.live or self._waiting)
 
     def step(self) -> list[tuple[int, Chunk]]:
-        """Admit, prefill a chunk, then one decode pass; each decoded sequence's chunk."""
-        while self._waiting and self.live < self.max_batch:
-            self._prefilling.append(self._waiting.popleft())
-        self._prefill()
-        return self._decode() if self._rows else []
+        """Admit, prefill a chunk, then one decode pass; each decoded sequence's chunk.
 
-    def _prefill(self) -> None:
+        A model error fails the sequences of the pass it broke (a prefill: that sequence; a
+        decode pass: every decoding one), each with a last chunk carrying it, and the others
+        go on."""
+        while self._waiting and self.live < self.max_batch:
+            sequence = self._waiting.popleft()
+            sequence.request.stats.queue_s = time.perf_counter() - sequence.queued_at
+            self._prefilling.append(sequence)
+        events = self._prefill()
+        return events + self._decode() if self._rows else events
+
+    def _prefill(self) -> list[tuple[int, Chunk]]:
         """Newcomers' prompts into their rows, in order: `prefill_chunk` tokens while others
         decode, every prompt whole while nobody does."""
+        failed = []
         budget = self.prefill_chunk if self._rows else None
         while self._prefilling and (budget is None or budget > 0):
             sequence = self._prefilling[0]
@@ -190,7 +195,12 @@ class BatchDecoder:
             take = request.cached - done if budget is None else min(request.cached - done, budget)
             t0 = time.perf_counter()
             ids = request.context[done : done + take]
-            prefill_row(self.model, self.cache, sequence.row, ids, self.prefill_chunk)
+            try:
+                prefill_row(self.model, self.cache, sequence.row, ids, self.prefill_chunk)
+            except Exception as exc:  # the model failed on this prompt: it alone fails
+                failed.append(self._failed(sequence, exc))
+                self._leave(sequence)
+                continue
             elapsed = time.perf_counter() - t0
             request.stats.prefill_s += elapsed
             self.stats.prefill_s += elapsed
@@ -200,6 +210,7 @@ class BatchDecoder:
                 budget -= take
             if self.cache.lengths[sequence.row] == request.cached:
                 self._rows.append(self._prefilling.popleft())
+        return failed
 
     def _decode(self) -> list[tuple[int, Chunk]]:
         events: list[tuple[int, Chunk]] = []
@@ -218,9 +229,15 @@ class BatchDecoder:
         rows = list(self._rows)
         drafts = self._sized([drafted[s.handle] for s in rows])
         t0 = time.perf_counter()
-        logits = forward_blocks(
-            self.model, self.cache, slice(0, len(rows)), [Block.of_draft(d) for d in drafts]
-        )
+        try:
+            logits = forward_blocks(
+                self.model, self.cache, slice(0, len(rows)), [Block.of_draft(d) for d in drafts]
+            )
+        except Exception as exc:  # the pass failed: every sequence in it, the queue goes on
+            for sequence in rows:
+                events.append(self._failed(sequence, exc))
+                self._leave(sequence)
+            return events
         forward_s = time.perf_counter() - t0
         kept_rows, kept, leaving = [], [], []
         for row, (sequence, draft) in enumerate(zip(rows, drafts, strict=True)):

@@ -15,23 +15,8 @@ batch of one.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-from trie_store.draft import Draft
-
-if TYPE_CHECKING:
-    from generation.step_cost import StepCostCurve
-
-
-def choose_draft_size(draft: Draft, curve: StepCostCurve, max_size: int) -> int:
-    """The `k` in [0, min(max_size, draft.size)] maximising (1 + out[k]) / t(k + 1), where
-    `out = draft.expected_accepted()`; ties go to the smaller `k` (0 unless a draft pays)."""
-    if max_size < 0:
-        raise ValueError(f"max_size must be >= 0, got {max_size}")
-    k_max = min(max_size, draft.size)
-    return choose_rows([draft.expected_accepted()[: k_max + 1]], curve.times) - 1
 
 
 def choose_rows(

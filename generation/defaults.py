@@ -8,3 +8,13 @@ MAX_DRAFT_SIZE = 64  # drafted nodes a step may verify at most; the budget picks
 # ~1.7 single steps, over 16 ~2.4 (docs/batching.md); a GPU's step stays nearly flat far longer.
 MAX_BATCH_CPU = 8
 MAX_BATCH_GPU = 32
+# Prompt tokens a step prefills while others decode (~ a few decode steps' time here), and the
+# chunk a lone prompt is prefilled in.
+PREFILL_CHUNK = 256
+
+
+def batch_size(setting: int | str, device: str) -> int:
+    """`generation.max_batch`: a number as given; "auto" the device's default."""
+    if setting != "auto":
+        return int(setting)
+    return MAX_BATCH_GPU if str(device).startswith("cuda") else MAX_BATCH_CPU

@@ -1,9 +1,11 @@
 """The public generation API: a LookaheadGenerator over one loaded model.
 
-It turns prompts (token ids, a user message, or chat messages) into validated inputs, picks the
-drafter and the draft-size policy, and runs the decode loop: `stream` yields chunks as steps
-accept them, `generate` collects them. Output is plain greedy decoding's, token for token; with
-sampling settings, a sample from exactly the distribution plain sampling draws from.
+It turns prompts (token ids, a user message, or chat messages) into checked requests (`request`:
+the drafter, the draft-size policy, the stop scan, the accept rule), and runs them on the one
+decode engine, `generation.batch.BatchDecoder`: `decoder(max_batch)` for many at once (the
+service, batch jobs), `stream` / `generate` for one alone, a batch of one. Output is plain greedy
+decoding's, token for token; with sampling settings, a sample from exactly the distribution
+plain sampling draws from.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from typing import Literal
 
 import numpy as np
 
-from generation.decode import Chunk, DecodeStats, DraftPolicy, Request, decode
-from generation.defaults import DEFAULT_MODEL, MAX_DRAFT_SIZE
+from generation.batch import BatchDecoder
+from generation.defaults import DEFAULT_MODEL, MAX_DRAFT_SIZE, PREFILL_CHUNK
 from generation.detokenize import IncrementalDetokenizer
 from generation.models import LoadedModel, load_model
+from generation.request import Chunk, DecodeStats, DraftPolicy, Request
 from generation.sampling import SamplingParams
-from generation.step_cost import StepCostCurve, load_or_measure
+from generation.step_cost import BatchCosts, load_batch_costs
 from generation.stopping import StopScanner
 from generation.verify import check_tree_attention
 from trie_store import Drafter, RequestDrafter
@@ -77,14 +80,17 @@ class LookaheadGenerator:
         self,
         lm: LoadedModel,
         config: LookaheadConfig | None = None,
-        step_costs: StepCostCurve | None = None,
+        costs: BatchCosts | None = None,
     ) -> None:
+        """`costs`: a cost surface to use for every batch size (tests, benchmarks); None
+        measures (or reads the cached) t(b, q) of this model and device as batches need it."""
         check_tree_attention(lm.model)
         self.lm = lm
         self.config = config or LookaheadConfig()
-        self._step_costs = step_costs
+        self._costs = costs
+        self._costs_given = costs is not None
         if self.config.draft_size == "auto":
-            self.step_costs()  # measure (or read the cached curve) at start-up, not mid-request
+            self.costs()  # measured (or read) at start-up, not mid-request
         generation_config = lm.model.generation_config
         eos = generation_config.eos_token_id if generation_config is not None else None
         eos = lm.model.config.eos_token_id if eos is None else eos
@@ -102,11 +108,17 @@ class LookaheadGenerator:
     ) -> LookaheadGenerator:
         return cls(load_model(model, dtype=dtype, device=device), config)
 
-    def step_costs(self) -> StepCostCurve:
-        """The measured verify cost t(q) on this model and device (cached across runs)."""
-        if self._step_costs is None:
-            self._step_costs = load_or_measure(self.lm)
-        return self._step_costs
+    def costs(self, max_batch: int = 1) -> BatchCosts:
+        """The verify cost t(b, q) for batches of up to `max_batch` (cached across runs)."""
+        if not self._costs_given and (self._costs is None or max(self._costs.curves) < max_batch):
+            self._costs = load_batch_costs(self.lm, max_batch)
+        return self._costs
+
+    def decoder(self, max_batch: int = 1, prefill_chunk: int = PREFILL_CHUNK) -> BatchDecoder:
+        """An idle batch of up to `max_batch` sequences on this model, its cost surface measured
+        now when drafts are sized automatically by default."""
+        costs = self.costs(max_batch) if self.config.draft_size == "auto" else self._costs
+        return BatchDecoder(self.lm, max_batch, costs, prefill_chunk)
 
     def encode(self, prompt: PromptInput) -> np.ndarray:
         """Token ids of a prompt: ids as given; a string is one user message; messages go
@@ -142,14 +154,15 @@ class LookaheadGenerator:
         config: LookaheadConfig | None = None,
         drafter: Drafter | None = None,
     ) -> Iterator[Chunk]:
-        """Chunks as steps accept them; the last one carries `finish_reason` and the stats.
+        """Chunks as steps accept them; the last one carries `finish_reason` and the stats: the
+        request decoded alone, a batch of one.
 
         Input is checked here, before the first chunk is asked for. Without a drafter, one is
         seeded from the prompt (the RAG service passes one seeded from its passages too).
         """
-        request = self.request(prompt, config, drafter)
-        curve = self.step_costs() if request.policy.fixed is None else None
-        return decode(self.lm.model, request, curve)
+        decoder = self.decoder()
+        decoder.add(self.request(prompt, config, drafter))
+        return _alone(decoder)
 
     def request(
         self,
@@ -157,7 +170,8 @@ class LookaheadGenerator:
         config: LookaheadConfig | None = None,
         drafter: Drafter | None = None,
     ) -> Request:
-        """A checked prompt with everything its decoding needs (`stream`, or a batch's `add`)."""
+        """A checked prompt with everything its decoding needs (`stream`, or a decoder's `add`).
+        Raises ValueError for a bad prompt or one that cannot fit the context window."""
         config = config or self.config
         ids = self.encode(prompt)
         if self.context_window is not None and len(ids) + config.max_new_tokens > (
@@ -207,6 +221,15 @@ class LookaheadGenerator:
                 f"got min {ids.min()}, max {ids.max()}"
             )
         return ids.astype(np.int64)
+
+
+def _alone(decoder: BatchDecoder) -> Iterator[Chunk]:
+    """The chunks of a decoder's only sequence; what failed it is raised."""
+    while decoder.busy:
+        for _, chunk in decoder.step():
+            if chunk.error is not None:
+                raise chunk.error
+            yield chunk
 
 
 def policy(config: LookaheadConfig) -> DraftPolicy:

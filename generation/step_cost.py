@@ -1,15 +1,12 @@
-"""The step-cost curve t(q): what one verify pass of q tokens costs on this model and device.
+"""The step-cost surface t(b, q): what one verify pass costs for b sequences of q rows each.
 
 Drafting pays only when the tokens a step is expected to yield grow faster than its cost
-(docs/architecture.md, "The cost model"); on a GPU t(64) ~ t(1), on a CPU it is not. So the
-engine measures t(q) once per model, device, dtype and thread count, the way it runs its steps
-(a tree-shaped draft through `verify_forward` over a cache of a few hundred tokens, the argmax
-on the host, then `keep_accepted_kv`), and keeps it as JSON beside the converted models.
-
-The batched engine's cost is a surface t(b, q): b sequences, each with its own cache of that
-context and its tree padded to q rows, in one pass of `forward_blocks`. It is measured and
-cached the same way, one curve per b (powers of two up to the largest batch), and
-interpolated between them (`BatchCosts`).
+(docs/architecture.md, "The cost model"); on a GPU t(1, 64) ~ t(1, 1), on a CPU it is not. So
+the engine measures the surface once per model, device, dtype and thread count, the way it runs
+its steps (b sequences, each with its own cache of a few hundred tokens and a tree-shaped draft
+padded to q rows, in one pass of `forward_blocks`; the argmax on the host; then `keep`), one
+curve t(q) per b (powers of two up to the largest batch), kept as JSON beside the converted
+models and interpolated between them (`BatchCosts`). A lone request is the curve at b = 1.
 """
 
 from __future__ import annotations
@@ -26,19 +23,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
-from generation.batch_cache import BatchKVCache
-from generation.batch_verify import Block, forward_blocks, prefill_row
+from generation.defaults import PREFILL_CHUNK
+from generation.kv_cache import BatchKVCache
 from generation.models import LoadedModel, cache_dir
-from generation.verify import keep_accepted_kv, prefill, verify_forward
+from generation.verify import Block, forward_blocks, prefill_row
 from trie_store.draft import Draft
 
 QS = (1, 2, 4, 8, 16, 32, 64)
 STARTUP_QS = (1, 2, 4, 8, 16, 32)  # beyond 32: the last slope
 CONTEXT_LEN = 700
-GRID_ROWS = 128  # a batched start-up curve stops at b * q <= this (beyond: the last slope)
-PREFILL_CHUNK = 256
+GRID_ROWS = 128  # a start-up curve stops at b * q <= this (beyond: the last slope)
 # Bump when the verify pass changes how fast it runs, so cached curves are measured again.
 CURVE_VERSION = 1
 
@@ -107,20 +102,9 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _one_step_ms(lm: LoadedModel, cache: DynamicCache, draft: Draft, past_len: int) -> float:
-    """One engine step's device work: verify, argmax to the host, keep the root and a child."""
-    _synchronize(lm.device)
-    t0 = time.perf_counter()
-    logits = verify_forward(lm.model, cache, draft, past_len)
-    logits.argmax(dim=-1).cpu()  # the host needs the targets: this waits for the device
-    keep_accepted_kv(cache, past_len, np.arange(min(2, len(draft))))
-    elapsed = (time.perf_counter() - t0) * 1e3
-    cache.crop(past_len - cache.get_seq_length())  # back to the same context for the next pass
-    return elapsed
-
-
-def _batch_step_ms(lm: LoadedModel, cache: BatchKVCache, draft: Draft, batch: int) -> float:
-    """`_one_step_ms` for `batch` rows verifying trees of `draft`'s shape in one pass."""
+def _step_ms(lm: LoadedModel, cache: BatchKVCache, draft: Draft, batch: int) -> float:
+    """One engine step's device work for `batch` rows verifying trees of `draft`'s shape in one
+    pass: verify, argmax to the host (this waits for the device), keep the root and a child."""
     past_len = cache.lengths[:batch].copy()
     _synchronize(lm.device)
     t0 = time.perf_counter()
@@ -132,17 +116,13 @@ def _batch_step_ms(lm: LoadedModel, cache: BatchKVCache, draft: Draft, batch: in
     return elapsed
 
 
-def _stepper(lm: LoadedModel, context: np.ndarray, batch: int | None) -> Callable[[Draft], float]:
-    """A timed step over `context`: the single-request engine's (`batch` None) or the batched
-    engine's with `batch` rows, each holding its own copy of `context`."""
-    if batch is None:
-        single = prefill(lm.model, context)
-        return lambda draft: _one_step_ms(lm, single, draft, len(context))
+def _stepper(lm: LoadedModel, context: np.ndarray, batch: int) -> Callable[[Draft], float]:
+    """A timed step of `batch` rows, each holding its own copy of `context`."""
     rows = BatchKVCache(lm.model, batch)
     prefill_row(lm.model, rows, 0, context, PREFILL_CHUNK)
     for row in range(1, batch):
         rows.copy_row(0, row)
-    return lambda draft: _batch_step_ms(lm, rows, draft, batch)
+    return lambda draft: _step_ms(lm, rows, draft, batch)
 
 
 def sample_step_costs(
@@ -152,16 +132,16 @@ def sample_step_costs(
     repeats: int = 9,
     warmup: int = 2,
     seed: int = 0,
-    batch: int | None = None,
+    batch: int = 1,
 ) -> list[dict[int, list[float]]]:
     """Per model, `repeats` step times (ms) for each `q`, interleaved round by round over the
-    models and the `qs`, so that a noisy neighbour slows every one alike; `batch`: the batched
-    engine's steps over that many sequences (None: the single-request engine's)."""
+    models and the `qs`, so that a noisy neighbour slows every one alike; `batch` sequences a
+    step."""
     qs = sorted({int(q) for q in qs})
     if not qs or qs[0] < 1:
         raise ValueError(f"qs must be positive token counts, got {qs}")
-    if repeats < 1 or warmup < 0 or context_len < 1:
-        raise ValueError("repeats >= 1, warmup >= 0 and context_len >= 1 are needed")
+    if repeats < 1 or warmup < 0 or context_len < 1 or batch < 1:
+        raise ValueError("repeats >= 1, warmup >= 0, context_len >= 1 and batch >= 1 are needed")
     for lm in lms:
         limit = getattr(lm.model.config, "max_position_embeddings", None)
         if limit is not None and context_len + qs[-1] > limit:
@@ -204,16 +184,16 @@ def measure_step_costs(
     repeats: int = 9,
     warmup: int = 2,
     seed: int = 0,
-    batch: int | None = None,
+    batch: int = 1,
 ) -> StepCostCurve:
     """The median step time of each `q` (see `sample_step_costs`)."""
     samples = sample_step_costs([lm], qs, context_len, repeats, warmup, seed, batch)[0]
-    return curve_from_samples(lm, samples, context_len, batch or 1)
+    return curve_from_samples(lm, samples, context_len, batch)
 
 
-def curve_path(lm: LoadedModel, batch: int | None = None) -> Path:
-    """One file per model, device, dtype, thread count, speed-ups, torch version and engine
-    (`batch`: the batched engine at that many sequences; None: the single-request one)."""
+def curve_path(lm: LoadedModel, batch: int) -> Path:
+    """One file per model, device, dtype, thread count, speed-ups, torch version and batch
+    size."""
     key = "|".join(
         map(
             str,
@@ -225,7 +205,7 @@ def curve_path(lm: LoadedModel, batch: int | None = None) -> Path:
                 ",".join(lm.speedups),
                 torch.__version__,
                 CURVE_VERSION,
-                *(() if batch is None else (f"batch={batch}",)),
+                f"batch={batch}",
             ),
         )
     )
@@ -234,9 +214,9 @@ def curve_path(lm: LoadedModel, batch: int | None = None) -> Path:
     return cache_dir() / "step_costs" / f"{stem}-{digest}.json"
 
 
-def load_or_measure(lm: LoadedModel, batch: int | None = None) -> StepCostCurve:
-    """The cached curve of this set-up, or a short measurement (~1-2 s here per curve) saved for
-    next time; `batch` as in `curve_path`.
+def load_or_measure(lm: LoadedModel, batch: int) -> StepCostCurve:
+    """The cached curve of this set-up at `batch` sequences, or a short measurement (~1-2 s here
+    per curve) saved for next time.
 
     A corrupt or unreadable cache file is measured again, never trusted.
     """
@@ -245,8 +225,7 @@ def load_or_measure(lm: LoadedModel, batch: int | None = None) -> StepCostCurve:
         return StepCostCurve.from_json(path.read_text())
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    qs = STARTUP_QS if batch is None else batch_qs(batch)
-    curve = measure_step_costs(lm, qs=qs, repeats=3, warmup=1, batch=batch)
+    curve = measure_step_costs(lm, qs=batch_qs(batch), repeats=3, warmup=1, batch=batch)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written beside and renamed: concurrent start-ups never read a half-written file.
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
@@ -290,5 +269,5 @@ class BatchCosts:
 
 
 def load_batch_costs(lm: LoadedModel, max_batch: int) -> BatchCosts:
-    """The batched engine's cost surface up to `max_batch` sequences (cached per curve)."""
+    """The cost surface up to `max_batch` sequences (cached per curve)."""
     return BatchCosts({b: load_or_measure(lm, batch=b) for b in batch_sizes(max_batch)})

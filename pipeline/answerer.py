@@ -3,16 +3,14 @@ within the context budget -> request drafter seeded from the passages and the pr
 lookahead decoding -> events: `Started` (sources), a `Delta` per step, `Finished` (stats).
 
 The Serve Generator, the batch job's generator actors and `RagPipeline` (in-process) all answer
-through `Answerer`: the first two decode many jobs at once (`pipeline.batching`, which uses
-`prepare`, `started` and `events`), `stream` decodes one alone. Retrieval is the other half
-(`retrieval`, the Serve Retriever).
+through `Answerer`, on the decode engine's batch (`pipeline.batching`, which uses `prepare`,
+`started` and `events`). Retrieval is the other half (`retrieval`, the Serve Retriever).
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,14 +209,6 @@ class Answerer:
                 self.ngrams.record(prepared.answer)
             events.append(_finished(chunk, prepared.lookahead, self.metrics(serving)))
         return events
-
-    def stream(self, job: GenerationJob) -> Iterator[Event]:
-        """`Started` as soon as the prompt is built, a `Delta` per decoding step, `Finished`:
-        one request decoded alone (`pipeline.batching` decodes many together)."""
-        prepared = self.prepare(job)
-        yield self.started(prepared)
-        for chunk in self.generator.stream(prepared.token_ids, prepared.config, prepared.drafter):
-            yield from self.events(prepared, chunk)
 
     def metrics(self, serving: ServingStats | None = None) -> ReplicaMetrics | None:
         """This replica's own figures for the ingress's `/metrics` (None: nothing to show)."""

@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
-from generation.defaults import DEFAULT_MODEL, DTYPE_NAMES, MAX_BATCH_GPU, MAX_DRAFT_SIZE
+from generation.defaults import DEFAULT_MODEL, DTYPE_NAMES, MAX_DRAFT_SIZE, batch_size
 from trie_store.sharing.sync import SyncConfig
 
 ENV_PREFIX = "LOOKAHEAD_RAG__"
@@ -166,10 +166,11 @@ class Config(_Section):
                 f"limits.max_top_k ({self.limits.max_top_k})"
             )
         batch = self.generation.max_batch
-        capacity = (MAX_BATCH_GPU if batch == "auto" else batch) + self.limits.max_queued
+        largest = batch_size(batch, "cuda")  # "auto" is at most the GPU's batch
+        capacity = largest + self.limits.max_queued
         ongoing = self.deployments.generator.max_ongoing_requests
         if ongoing is None or ongoing <= capacity:
-            auto = f": up to {MAX_BATCH_GPU}" if batch == "auto" else ""
+            auto = f": up to {largest}" if batch == "auto" else ""
             raise ValueError(
                 f"deployments.generator.max_ongoing_requests ({ongoing}) must exceed "
                 f"generation.max_batch ({batch}{auto}) plus "

@@ -1,23 +1,35 @@
-"""One thread for an actor's model, from loading to every call.
+"""One thread for a model, from loading to every call.
 
-Ray Data calls an actor's `__call__` on another thread than its `__init__`, and a torch model
-that has computed on two threads runs ~40% slower on either: each thread gets its own OpenMP
-pool (docs/perf-notes.md). Actors that hold a model run all of its work through this.
+torch's OpenMP gives each thread that computes its own pool of workers, and a model that has
+computed on two threads runs ~40% slower on either (measured on 2 cores, docs/perf-notes.md).
+Ray Data calls an actor's `__call__` on another thread than its `__init__`, and a Serve replica
+answers on its event loop: so everything that holds a model (the Generator's batch, the batch
+job's actors, the embedding actors) runs all of its work, loading included, through one of these.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
 class ModelThread:
-    def __init__(self) -> None:
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+    """Calls run one at a time, in the order they were submitted, on one thread."""
+
+    def __init__(self, name: str = "model") -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Queue `fn(*args)`; raises RuntimeError once the thread is closed."""
+        return self._pool.submit(fn, *args)
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on the model's thread; its result, or its error raised here."""
-        return self._thread.submit(fn, *args).result()
+        return self.submit(fn, *args).result()
+
+    def close(self) -> None:
+        """Run what is queued, then stop the thread."""
+        self._pool.shutdown(wait=True)

@@ -172,10 +172,10 @@ def cheap_costs():
     )
 
 
-def drive(decoder, arrivals: dict, cancel: dict | None = None, check=None) -> dict:
+def drive(engine, decoder, arrivals: dict, cancel: dict | None = None, check=None) -> dict:
     """Step `decoder` until it is idle. `arrivals[step]`: `(key, prompt, config, drafter)` to add
-    before that step; `cancel[step]`: keys to cancel before it; `check(decoder, handles,
-    chunks)` runs after every step. Returns every key's chunks."""
+    (as `engine.request`s) before that step; `cancel[step]`: keys to cancel before it;
+    `check(decoder, handles, chunks)` runs after every step. Returns every key's chunks."""
     cancel = cancel or {}
     handles, chunks = {}, {}
     step = 0
@@ -183,7 +183,7 @@ def drive(decoder, arrivals: dict, cancel: dict | None = None, check=None) -> di
         for key in cancel.get(step, ()):
             assert decoder.cancel(handles[key])
         for key, prompt, config, drafter in arrivals.get(step, ()):
-            handles[key] = decoder.add(prompt, config, drafter)
+            handles[key] = decoder.add(engine.request(prompt, config, drafter))
             chunks[key] = []
         keys = {h: k for k, h in handles.items()}
         for handle, chunk in decoder.step():
@@ -241,3 +241,29 @@ def first_stop(tokenizer, tokens: np.ndarray, stop: str) -> int:
         for i in range(len(tokens))
         if stop in tokenizer.decode(tokens[: i + 1], skip_special_tokens=True)
     )
+
+
+def cached_row(model, context: np.ndarray, chunk: int = 7):
+    """A one-row batch cache holding `context` (prefilled in chunks, as the engine does)."""
+    from generation.kv_cache import BatchKVCache
+    from generation.verify import prefill_row
+
+    cache = BatchKVCache(model, max_rows=1)
+    prefill_row(model, cache, 0, np.asarray(context, dtype=np.int64), chunk)
+    return cache
+
+
+def tree_logits(model, cache, draft: Draft) -> torch.Tensor:
+    """`[q, vocab]`: one verify pass of `draft` after row 0 of `cache` (the caller then keeps
+    what it accepts: `cache.keep([0], [nodes])`)."""
+    from generation.verify import Block, forward_blocks
+
+    return forward_blocks(model, cache, slice(0, 1), [Block.of_draft(draft)])[0]
+
+
+def reference_cache(model, ids: np.ndarray) -> tf.DynamicCache:
+    """transformers' own cache after a plain forward over `ids`."""
+    cache = tf.DynamicCache(config=model.config)
+    with torch.inference_mode():
+        model(input_ids=torch.from_numpy(np.asarray(ids)).unsqueeze(0), cache=cache, use_cache=True)
+    return cache

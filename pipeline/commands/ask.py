@@ -66,12 +66,15 @@ def run(args: argparse.Namespace) -> int:
         for event in pipeline.stream(args.question, **options)
         for payload in payloads(renderer, answer, event)
     )
-    if args.json:
-        for _ in stream:
-            pass
-        print(renderer.complete(answer).model_dump_json(indent=2))
-    else:
-        show(stream)
+    try:
+        if args.json:
+            for _ in stream:
+                pass
+            print(renderer.complete(answer).model_dump_json(indent=2))
+        else:
+            show(stream)
+    finally:
+        pipeline.close()
     return 0
 
 

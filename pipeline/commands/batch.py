@@ -67,8 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from generation.defaults import batch_size
     from pipeline import ray_runtime
-    from pipeline.batching import batch_size
 
     for flag in ("actors", "retrieve_actors", "max_batch", "block_rows"):
         value = getattr(args, flag)

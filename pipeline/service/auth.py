@@ -38,6 +38,11 @@ def read_key_file(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def keys_required(server: ServerSection) -> bool:
+    """Whether callers must carry a key: keys or a key file are configured."""
+    return bool(server.api_keys) or server.api_key_file is not None
+
+
 class ApiKeys:
     """The keys a request may carry: fixed ones, and those of a file as it is now."""
 
@@ -52,7 +57,7 @@ class ApiKeys:
     @classmethod
     def from_config(cls, server: ServerSection) -> ApiKeys | None:
         """The configured keys; None when neither keys nor a key file are set (no auth)."""
-        if not server.api_keys and server.api_key_file is None:
+        if not keys_required(server):
             return None
         return cls((key.get_secret_value() for key in server.api_keys), server.api_key_file)
 

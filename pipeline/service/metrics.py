@@ -77,14 +77,13 @@ class Metrics:
             "tokens generated for cancelled requests (those the ingress had received)",
             registry=r,
         )
+        # Drafted and accepted tokens are counted once, per replica, as vLLM names them
+        # (`lookahead_rag:spec_decode_*`, pipeline.service.replica_metrics).
         self.steps = Counter(
-            "lookahead_rag_decode_steps", "forward passes of the decode loop", registry=r
-        )
-        self.draft_tokens = Counter(
-            "lookahead_rag_draft_tokens", "drafted tokens sent to verification", registry=r
-        )
-        self.accepted_tokens = Counter(
-            "lookahead_rag_accepted_tokens", "drafted tokens the model accepted", registry=r
+            "lookahead_rag_decode_steps",
+            "decoding steps summed over requests (a batched forward pass counts once for each "
+            "request in it)",
+            registry=r,
         )
         mean = Gauge(
             "lookahead_rag_mean_accepted_length",
@@ -108,8 +107,6 @@ class Metrics:
         self.prompt_tokens.inc(prompt_tokens)
         self.completion_tokens.inc(tokens)
         self.steps.inc(stats.steps)
-        self.draft_tokens.inc(stats.draft_tokens)
-        self.accepted_tokens.inc(stats.accepted_tokens)
         self._emitted += tokens
         self._stepped += stats.steps
         if finished.replica is not None:

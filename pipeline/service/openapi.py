@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from pipeline.config import Config
-from pipeline.service.auth import is_open
+from pipeline.service.auth import is_open, keys_required
 from pipeline.service.metrics import CONTENT_TYPE
 from pipeline.service.schemas import ChatCompletion, Completion, ErrorBody, RagResponse
 
@@ -75,7 +75,7 @@ def service_schema(schema: dict[str, Any], config: Config) -> dict[str, Any]:
         schemas.pop(name, None)
     _limit_requests(schemas, config)
     server = config.server
-    protected = bool(server.api_keys) or server.api_key_file is not None
+    protected = keys_required(server)
     if protected:
         components["securitySchemes"] = {_SECURITY: {"type": "http", "scheme": "bearer"}}
     for path, operations in schema.get("paths", {}).items():

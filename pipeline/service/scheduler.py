@@ -2,33 +2,33 @@
 stepped on one thread, fed from the event loop.
 
 Requests join the batch between steps and leave when done, so a short answer never waits for a
-long one, and every model call stays on the thread that loaded the model. Admission is decided
-on the event loop at once: with every row taken and `max_queued` requests already waiting, a
-request is refused with `QueueFullError` (503 + Retry-After), never left to hang. A request
-whose client leaves (or whose task is cancelled) frees its row at the next step; one that fails
-fails alone. Events travel back through a per-request asyncio queue.
+long one, and every model call stays on the thread that loaded the model (`ModelThread`).
+Admission is decided on the event loop at once: with every row taken and `max_queued` requests
+already waiting, a request is refused with `QueueFullError` (503 + Retry-After), never left to
+hang. Past that gate a request waits in one place only, the decoder's queue (whose length the
+replica's metrics read). The model thread runs, in order, each admitted request's `add` and one
+batch step after another (each step queues the next while the batch is busy), so requests that
+arrive during a step join at the next. A request whose client leaves (or whose task is
+cancelled) frees its row at the next step; one that fails fails alone. Events travel back
+through a per-request asyncio queue.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
+from pipeline.model_thread import ModelThread
 from pipeline.service.errors import QueueFullError
 from pipeline.wire import Event, Finished, GenerationJob
 
 if TYPE_CHECKING:
     from pipeline.batching import AnswerBatch
 
-T = TypeVar("T")
-
 _ITEM, _END, _ERROR = range(3)
-_WAKE = object()  # a request was cancelled: look at the batch before blocking again
 
 
 @dataclass
@@ -39,7 +39,7 @@ class _Request:
 
 
 class BatchScheduler:
-    """Runs `call`s and the batch's steps on one thread; `stream` is the asyncio side.
+    """Steps the batch on its `thread`; `stream` is the asyncio side.
 
     `max_queued`: requests that may wait for a row; `retry_after_s`: what a refused client is
     told to wait."""
@@ -48,33 +48,23 @@ class BatchScheduler:
         self, max_queued: int, retry_after_s: float, name: str = "generator-batch"
     ) -> None:
         self.max_queued, self.retry_after_s, self.name = max_queued, retry_after_s, name
-        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.thread = ModelThread(name)
         self._lock = threading.Lock()
         self._closed = False
         self._admitted = 0  # holding a row or waiting for one
         self._batch: AnswerBatch | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._live: dict[int, _Request] = {}  # batch handle -> request (model thread only)
+        self._stepping = False  # a step is queued on the thread (model thread only)
 
     @property
     def admitted(self) -> int:
         """Requests running or waiting, not yet finished."""
         return self._admitted
 
-    def call(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on the model thread, wait, return its result (or raise its error).
-
-        For the model's set-up: torch's OpenMP gives each thread that computes its own pool of
-        workers, and a model that has computed on two threads runs about 40% slower on either
-        (measured on 2 cores, docs/perf-notes.md). So load it where its steps will run.
-        """
-        done: Future[T] = Future()
-        self._put((fn, done))
-        return done.result()
-
     def start(self, make_batch: Callable[[], AnswerBatch]) -> AnswerBatch:
-        """Build the batch on the model thread; requests are taken from then on."""
-        self._batch = self.call(make_batch)
+        """Build the batch on the model thread (where its steps will run: see `ModelThread`);
+        requests are taken from then on."""
+        self._batch = self.thread.run(make_batch)
         return self._batch
 
     async def stream(self, job: GenerationJob) -> AsyncIterator[Event]:
@@ -102,7 +92,7 @@ class BatchScheduler:
 
         request = _Request(job, emit)
         try:
-            self._put(request)
+            self._submit(self._admit, request)
         except RuntimeError:
             self._release()
             raise
@@ -119,8 +109,7 @@ class BatchScheduler:
                 yield value
         finally:
             if not ended:
-                request.cancelled = True
-                self._inbox.put(_WAKE)
+                request.cancelled = True  # the next step (or its `add`) drops it
 
     def close(self) -> None:
         """Stop the thread; requests still running end with an error."""
@@ -128,51 +117,22 @@ class BatchScheduler:
             if self._closed:
                 return
             self._closed = True
-        self._inbox.put(None)
-        self._thread.join()
+        self.thread.run(self._fail_all)
+        self.thread.close()
 
-    def _put(self, item: Any) -> None:
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"{self.name} is closed")
-            self._inbox.put(item)
+            self.thread.submit(fn, *args)
 
     def _release(self) -> None:
         with self._lock:
             self._admitted -= 1
 
-    def _run(self) -> None:
-        live: dict[int, _Request] = {}  # batch handle -> request
-        while True:
-            busy = self._batch is not None and self._batch.busy
-            items = _drain(self._inbox, block=not busy)
-            if None in items:
-                break
-            for item in items:
-                if isinstance(item, _Request):
-                    self._admit(item, live)
-                elif item is not _WAKE:
-                    _call(*item)
-            try:
-                self._cancel_left(live)
-                if self._batch is not None and self._batch.busy:
-                    self._step(live)
-            except Exception as exc:  # a bug in the loop: fail what runs, keep serving
-                for handle in list(live):
-                    self._batch.cancel(handle)
-                    self._finish(live, handle, _ERROR, exc)
-        closed = RuntimeError(f"{self.name} was closed")
-        for handle in list(live):
-            self._finish(live, handle, _ERROR, closed)
-        for item in _drain(self._inbox, block=False):
-            if isinstance(item, _Request):
-                self._release()
-                item.emit(_ERROR, closed)
-            elif isinstance(item, tuple):
-                item[1].set_exception(closed)
+    # Everything below runs on the model thread.
 
-    def _admit(self, request: _Request, live: dict[int, _Request]) -> None:
-        assert self._batch is not None
+    def _admit(self, request: _Request) -> None:
         if request.cancelled:
             self._release()
             return
@@ -182,49 +142,54 @@ class BatchScheduler:
             self._release()
             request.emit(_ERROR, exc)
             return
-        live[handle] = request
+        self._live[handle] = request
         request.emit(_ITEM, started)
+        self._queue_step()
 
-    def _cancel_left(self, live: dict[int, _Request]) -> None:
-        for handle, request in list(live.items()):
-            if request.cancelled:
+    def _queue_step(self) -> None:
+        if not self._stepping and not self._closed:
+            self._stepping = True
+            self.thread.submit(self._step)
+
+    def _step(self) -> None:
+        self._stepping = False
+        if self._closed:
+            return
+        try:
+            for handle, request in list(self._live.items()):
+                if request.cancelled:
+                    self._batch.cancel(handle)
+                    self._finish(handle)
+            if self._batch.busy:
+                self._deliver(self._batch.step())
+        except Exception as exc:  # a bug in the loop: fail what runs, keep serving
+            for handle in list(self._live):
                 self._batch.cancel(handle)
-                self._finish(live, handle)
+                self._finish(handle, _ERROR, exc)
+        if self._batch.busy:
+            self._queue_step()
 
-    def _step(self, live: dict[int, _Request]) -> None:
-        for handle, outcome in self._batch.step():
+    def _deliver(self, outcomes: list) -> None:
+        for handle, outcome in outcomes:
             if isinstance(outcome, Exception):
-                self._finish(live, handle, _ERROR, outcome)
+                self._finish(handle, _ERROR, outcome)
                 continue
-            request = live[handle]
+            request = self._live[handle]
             for event in outcome:
                 request.emit(_ITEM, event)
             if isinstance(outcome[-1], Finished):
-                self._finish(live, handle, _END)
+                self._finish(handle, _END)
 
-    def _finish(
-        self, live: dict[int, _Request], handle: int, kind: int | None = None, value: Any = None
-    ) -> None:
+    def _fail_all(self) -> None:
+        closed = RuntimeError(f"{self.name} was closed")
+        for handle in list(self._live):
+            self._batch.cancel(handle)
+            self._finish(handle, _ERROR, closed)
+
+    def _finish(self, handle: int, kind: int | None = None, value: Any = None) -> None:
         """Stop counting the request, then tell its caller (if `kind`): a caller that sees its
         stream end never sees itself still counted in `admitted`."""
-        request = live.pop(handle)
+        request = self._live.pop(handle)
         self._release()
         if kind is not None:
             request.emit(kind, value)
-
-
-def _drain(inbox: queue.SimpleQueue, block: bool) -> list[Any]:
-    """Everything in `inbox` now; with `block`, at least one item."""
-    items = [inbox.get()] if block else []
-    while True:
-        try:
-            items.append(inbox.get_nowait())
-        except queue.Empty:
-            return items
-
-
-def _call(fn: Callable[[], Any], done: Future) -> None:
-    try:
-        done.set_result(fn())
-    except BaseException as exc:  # handed to the caller
-        done.set_exception(exc)

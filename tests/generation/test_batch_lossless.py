@@ -18,8 +18,7 @@ from genhelpers import (
     tokens_of,
 )
 
-from generation import LookaheadConfig
-from generation.batch import BatchDecoder
+from generation import BatchDecoder, LookaheadConfig
 
 MAX_NEW = 30
 DRAFT_SIZES = (0, 4, "auto", 16)
@@ -43,7 +42,7 @@ def case(request, tokenizer):
 
 def test_sequences_joining_and_leaving_equal_their_own_greedy(case):
     _, engine, cases = case
-    decoder = BatchDecoder(engine, max_batch=3, prefill_chunk=8, costs=cheap_costs())
+    decoder = BatchDecoder(engine.lm, 3, cheap_costs(), prefill_chunk=8)
     arrivals, drafters = {}, {}
     for i, (prompt, reference) in enumerate(cases):
         drafter = (
@@ -54,7 +53,7 @@ def test_sequences_joining_and_leaving_equal_their_own_greedy(case):
         drafters[i] = drafter
         config = LookaheadConfig(MAX_NEW, draft_size=DRAFT_SIZES[i % len(DRAFT_SIZES)])
         arrivals.setdefault(0 if i < 3 else 3 * i, []).append((i, prompt, config, drafter))
-    chunks = drive(decoder, arrivals)
+    chunks = drive(engine, decoder, arrivals)
     for i, (_, reference) in enumerate(cases):
         assert tokens_of(chunks[i]) == reference.tolist()
         assert chunks[i][-1].finish_reason == "length"
@@ -95,7 +94,7 @@ def test_eos_stop_strings_and_budget_inside_accepted_chunks(tokenizer):
                 ("short", other, seven, oracle(other, other_unstopped, 3)),
             ]
         }
-        chunks = drive(BatchDecoder(engine, max_batch=3), arrivals)
+        chunks = drive(engine, engine.decoder(3), arrivals)
         assert tokens_of(chunks["eos"]) == greedy(model, prompt, MAX_NEW).tolist()
         assert tokens_of(chunks["eos"])[-1] == eos
         assert chunks["eos"][-1].finish_reason == "eos"
@@ -117,7 +116,7 @@ def test_eos_stop_strings_and_budget_inside_accepted_chunks(tokenizer):
 
 def test_a_cancelled_sequence_frees_its_row_for_a_newcomer(case):
     _, engine, cases = case
-    decoder = BatchDecoder(engine, max_batch=2, prefill_chunk=4)
+    decoder = engine.decoder(2, prefill_chunk=4)
     config = LookaheadConfig(MAX_NEW, draft_size=4)
     (p0, r0), (p1, r1), (p2, r2) = cases[1], cases[3], cases[4]
     rows = []
@@ -130,7 +129,7 @@ def test_a_cancelled_sequence_frees_its_row_for_a_newcomer(case):
         0: [("a", p0, config, PromptLookupDrafter()), ("b", p1, config, PromptLookupDrafter())],
         3: [("late", p2, config, PromptLookupDrafter())],
     }
-    chunks = drive(decoder, arrivals, cancel={3: ["a"]}, check=check)
+    chunks = drive(engine, decoder, arrivals, cancel={3: ["a"]}, check=check)
     assert 0 < len(tokens_of(chunks["a"])) < MAX_NEW
     assert r0.tolist()[: len(tokens_of(chunks["a"]))] == tokens_of(chunks["a"])
     assert tokens_of(chunks["b"]) == r1.tolist()
@@ -160,7 +159,7 @@ def test_a_failing_sequence_fails_alone(case):
             ("good", cases[4][0], config, PromptLookupDrafter()),
         ]
     }
-    chunks = drive(BatchDecoder(engine, max_batch=2), arrivals)
+    chunks = drive(engine, engine.decoder(2), arrivals)
     last = chunks["bad"][-1]
     assert last.finish_reason == "error"
     assert isinstance(last.error, RuntimeError)
@@ -168,13 +167,37 @@ def test_a_failing_sequence_fails_alone(case):
     assert tokens_of(chunks["good"]) == cases[4][1].tolist()
 
 
+def test_a_failed_pass_fails_the_sequences_in_it_and_the_queue_goes_on(case, monkeypatch):
+    """A model error (say, out of memory) during a decode pass ends the sequences of that pass,
+    each with its error; a sequence still queued then decodes its own greedy answer."""
+    model, engine, cases = case
+    forward, calls = model.forward, []
+
+    def breaks_once_with_two_rows(**kw):
+        calls.append(kw["input_ids"].shape)
+        if kw["input_ids"].shape[0] == 2 and not any(c[0] == -1 for c in calls):
+            calls.append((-1,))
+            raise RuntimeError("out of memory")
+        return forward(**kw)
+
+    monkeypatch.setattr(model, "forward", breaks_once_with_two_rows)
+    config = LookaheadConfig(MAX_NEW, draft_size=4)
+    arrivals = {0: [(key, cases[i][0], config, PromptLookupDrafter()) for key, i in
+                    (("a", 1), ("b", 2), ("queued", 4))]}  # fmt: skip
+    chunks = drive(engine, engine.decoder(2), arrivals)
+    for key in "ab":
+        assert chunks[key][-1].finish_reason == "error"
+        assert str(chunks[key][-1].error) == "out of memory"
+    assert tokens_of(chunks["queued"]) == cases[4][1].tolist()
+
+
 def test_free_counts_rows_not_yet_promised(case):
     _, engine, cases = case
-    decoder = BatchDecoder(engine, max_batch=2)
+    decoder = engine.decoder(2)
     config = LookaheadConfig(5, draft_size=0)
     assert (decoder.free, decoder.live, decoder.waiting) == (2, 0, 0)
     for expected_free in (1, 0, 0):
-        decoder.add(cases[1][0], config)
+        decoder.add(engine.request(cases[1][0], config))
         assert decoder.free == expected_free
     decoder.step()
     assert (decoder.free, decoder.live, decoder.waiting) == (0, 2, 1)

@@ -3,12 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from genhelpers import drive, tokens_of
+from genhelpers import cached_row, drive, tokens_of, tree_logits
 
 from generation import LookaheadConfig, LookaheadGenerator, load_model
-from generation.batch import BatchDecoder
 from generation.gqa_attention import NAME as SDPA_GQA
-from generation.verify import keep_accepted_kv, prefill, verify_forward
 from trie_store.draft import Draft
 
 PASSAGE = (
@@ -77,7 +75,7 @@ def test_real_model_float32_greedy_identity():
         ]  # fmt: skip
         np.testing.assert_array_equal(answers[0], answers[1])
         full = np.concatenate([ids[0].numpy(), answers[0]])
-        cache = prefill(fast.model, full[: ids.shape[1] - 1])
+        cache = cached_row(fast.model, full[: ids.shape[1] - 1], chunk=256)
         n = ids.shape[1] - 1  # cached tokens; full[n] is the root
         while n + 16 <= len(full):
             # the true branch (8 nodes) after a decoy branch, so the path is not contiguous
@@ -86,9 +84,9 @@ def test_real_model_float32_greedy_identity():
             parent = np.array([-1, *range(0, 7), 0, *range(8, 15)], dtype=np.int32)
             depth = np.array([0, *range(1, 8), *range(1, 9)], dtype=np.int32)
             draft = Draft(tokens.astype(np.int64), parent, depth, np.linspace(1, 0, 16))
-            target = verify_forward(fast.model, cache, draft, n).argmax(-1).numpy()
+            target = tree_logits(fast.model, cache, draft).argmax(-1).numpy()
             np.testing.assert_array_equal(target[[0, *range(8, 15)]], full[n + 1 : n + 9])
-            keep_accepted_kv(cache, n, np.array([0, *range(8, 16)]))
+            cache.keep([0], [np.array([0, *range(8, 16)])])
             n += 9
 
 
@@ -114,8 +112,8 @@ def test_a_batch_of_rag_prompts_gives_each_its_greedy_answer():
                 for i, k in ((0, 0), (1, 8))],
             2: [(2, prompts[2], LookaheadConfig(BATCH_NEW, draft_size=16), None)],
         }  # fmt: skip
-        decoder = BatchDecoder(engine, max_batch=3, prefill_chunk=128)
-        chunks = drive(decoder, arrivals)
+        decoder = engine.decoder(max_batch=3, prefill_chunk=128)
+        chunks = drive(engine, decoder, arrivals)
     finally:
         torch.set_num_threads(threads)
     for i, reference in enumerate(references):

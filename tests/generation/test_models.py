@@ -6,12 +6,11 @@ import copy
 import numpy as np
 import pytest
 import torch
-from genhelpers import VOCAB, sequential_logits, tiny_model
+from genhelpers import VOCAB, cached_row, sequential_logits, tiny_model, tree_logits
 
 from generation.gqa_attention import NAME as SDPA_GQA
 from generation.models import speed_up
 from generation.step_cost import tree_draft
-from generation.verify import prefill, verify_forward
 
 
 @torch.inference_mode()
@@ -23,8 +22,8 @@ def test_float64_tree_logits_equal_sequential_and_stock(seed):
     rng = np.random.default_rng(seed)
     context = rng.integers(0, VOCAB, 20)
     draft = tree_draft(24, rng, VOCAB)
-    tree = verify_forward(fast, prefill(fast, context), draft, len(context))
-    reference = verify_forward(stock, prefill(stock, context), draft, len(context))
+    tree = tree_logits(fast, cached_row(fast, context), draft)
+    reference = tree_logits(stock, cached_row(stock, context), draft)
     torch.testing.assert_close(tree, reference, rtol=0, atol=1e-13)
     torch.testing.assert_close(tree, sequential_logits(stock, context, draft), rtol=0, atol=1e-12)
 
@@ -36,5 +35,5 @@ def test_float32_fast_tree_matches_stock_sequential():
     rng = np.random.default_rng(5)
     context = rng.integers(0, VOCAB, 40)
     draft = tree_draft(32, rng, VOCAB)
-    tree = verify_forward(fast, prefill(fast, context), draft, len(context))
+    tree = tree_logits(fast, cached_row(fast, context), draft)
     torch.testing.assert_close(tree, sequential_logits(stock, context, draft), rtol=0, atol=1e-4)

@@ -22,7 +22,6 @@ from scipy.stats import chi2_contingency
 
 from generation import LookaheadConfig, SamplingParams, sampling
 from generation.accept import _coin
-from generation.batch import BatchDecoder
 from generation.sampling import SamplingRule
 
 VOCAB = 12
@@ -423,8 +422,8 @@ def test_batched_sampling_keeps_the_plain_sampling_distribution(model, table, to
         config = LookaheadConfig(LENGTH, draft_size=8, sampling=replace(PARAMS, seed=seed))
         drafter = RankDrafter(table, likely=seed % 4 != 0)  # mixed batches: hits and misses
         arrivals.setdefault(0, []).append((seed, PROMPT, config, drafter))
-    decoder = BatchDecoder(engine, max_batch=8)
-    chunks = drive(decoder, arrivals)
+    decoder = engine.decoder(8)
+    chunks = drive(engine, decoder, arrivals)
     runs = [tuple(tokens_of(chunks[seed])) for seed in range(N_LOOKAHEAD)]
     assert min(same_distribution(plain_sampling(model, PARAMS), runs)) > ALPHA
     assert decoder.stats.mean_batch > 6
@@ -439,9 +438,10 @@ def test_a_seed_repeats_its_answer_whatever_shares_the_batch(model, table, token
         config = LookaheadConfig(length, draft_size=4, sampling=replace(PARAMS, seed=seed))
         return key, PROMPT, config, RankDrafter(table, likely=likely)
 
-    alone = drive(BatchDecoder(engine, max_batch=4), {0: [arrival("x", 7)]})
+    alone = drive(engine, engine.decoder(4), {0: [arrival("x", 7)]})
     crowded = drive(
-        BatchDecoder(engine, max_batch=4),
+        engine,
+        engine.decoder(4),
         {
             0: [arrival("a", 1), arrival("b", 2, likely=False)],
             1: [arrival("x", 7)],

@@ -82,6 +82,10 @@ def test_measure_gives_a_curve_for_each_q(tiny):
     assert all(t > 0 for t in c.t_ms.values())
     assert (c.device, c.dtype, c.model, c.context_len) == ("cpu", "float32", "tiny/llama", 40)
     assert c.threads == torch.get_num_threads()
+    assert c.batch == 1
+    pair = measure_step_costs(tiny, qs=(1, 2), context_len=40, repeats=1, warmup=0, batch=2)
+    assert pair.batch == 2
+    assert list(pair.t_ms) == [1, 2]
 
 
 def test_measure_rejects_bad_settings(tiny):
@@ -91,6 +95,8 @@ def test_measure_rejects_bad_settings(tiny):
         measure_step_costs(tiny, qs=(0, 1), context_len=10)
     with pytest.raises(ValueError, match="repeats"):
         measure_step_costs(tiny, qs=(1,), context_len=10, repeats=0)
+    with pytest.raises(ValueError, match="batch"):
+        measure_step_costs(tiny, qs=(1,), context_len=10, batch=0)
 
 
 def test_load_or_measure_caches_per_setup(tiny, tmp_path, monkeypatch):
@@ -102,23 +108,25 @@ def test_load_or_measure_caches_per_setup(tiny, tmp_path, monkeypatch):
         return curve({1: 10.0, 32: 20.0})
 
     monkeypatch.setattr(step_cost, "measure_step_costs", fake_measure)
-    first = load_or_measure(tiny)
+    first = load_or_measure(tiny, batch=1)
     assert first.t_ms == {1: 10.0, 32: 20.0}
     assert len(calls) == 1
-    assert calls[0]["qs"] == step_cost.STARTUP_QS  # the short start-up measurement
-    path = step_cost.curve_path(tiny)
+    assert calls[0]["qs"] == list(step_cost.STARTUP_QS)  # the short start-up measurement
+    assert calls[0]["batch"] == 1
+    path = step_cost.curve_path(tiny, batch=1)
     assert path.parent == tmp_path / "step_costs"
     assert json.loads(path.read_text())["t_ms"] == {"1": 10.0, "32": 20.0}
-    assert load_or_measure(tiny).t_ms == first.t_ms  # read back, not measured
+    assert load_or_measure(tiny, batch=1).t_ms == first.t_ms  # read back, not measured
     assert len(calls) == 1
     path.write_text("{not json")
-    assert load_or_measure(tiny).t_ms == first.t_ms  # a corrupt file is measured again
+    assert load_or_measure(tiny, batch=1).t_ms == first.t_ms  # a corrupt file is measured again
     assert len(calls) == 2
+    assert step_cost.curve_path(tiny, batch=2) != path  # another batch size: another curve
     # another thread count is another setup: another file
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)
     try:
-        assert step_cost.curve_path(tiny) != path
+        assert step_cost.curve_path(tiny, batch=1) != path
     finally:
         torch.set_num_threads(threads)
 

@@ -23,6 +23,8 @@ HELD_TOKENS = 256  # the longest answer a request may ask for (limits.max_tokens
 API_KEY = "sk-test-0123456789"  # the session's Serve app lets this key in
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 BODY_TIMEOUT_S = 3.0  # the session's Serve app: a body must arrive within this
+# Asked of the service, of `lookahead-rag ask` in-process and of a batch job: one answer each.
+ONE_PATH_QUESTIONS = ("How do I parse a JSON string?", "What does functools.partial do?")
 
 LIMITS = {
     "limits.max_input_chars": MAX_INPUT_CHARS,

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from pipeline import batching
 from pipeline.answerer import Answerer
 from pipeline.config import GenerationSection, NgramsSection, load_config
 from pipeline.wire import Answer, GenerationJob
@@ -27,7 +28,7 @@ def one_torch_thread():
 
 def ask(answerer: Answerer, question: str) -> tuple[str, float]:
     job = GenerationJob(messages=({"role": "user", "content": f"{PASSAGE}\n\n{question}"},))
-    answer = Answer.collect(answerer.stream(job))
+    answer = Answer.collect(batching.stream(batching.AnswerBatch(answerer, 1), job))
     return answer.text, answer.finished.completion_tokens / answer.finished.stats.steps
 
 

@@ -3,8 +3,9 @@ batch counts what a serving replica shows (the real default model)."""
 
 import pytest
 
+from generation.defaults import batch_size
 from pipeline.answerer import Answerer
-from pipeline.batching import AnswerBatch, answer_all, batch_size
+from pipeline.batching import AnswerBatch, answer_all, stream
 from pipeline.config import GenerationSection, NgramsSection
 from pipeline.wire import Answer, ContextTooLongError, Finished, GenerationJob
 
@@ -48,7 +49,7 @@ def answerer(lm):
 
 @pytest.fixture(scope="module")
 def alone(answerer):
-    return [Answer.collect(answerer.stream(j)) for j in JOBS]
+    return [Answer.collect(stream(AnswerBatch(answerer, max_batch=1), j)) for j in JOBS]
 
 
 def test_every_answer_decoded_together_is_its_answer_alone(answerer, alone):

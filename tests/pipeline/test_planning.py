@@ -94,7 +94,7 @@ def test_the_api_ask_and_the_batch_job_plan_the_same_job(lookahead):
     (api_job,) = backend.jobs
 
     index = RecordingIndex()
-    ask_job = RagPipeline(index, answerer=None, config=config).job(QUESTION)
+    ask_job = RagPipeline(index, batch=None, config=config).job(QUESTION)
     (passages,) = index_search(index, config)([QUESTION])
     batch = batch_job(QUESTION, passages, config)
 

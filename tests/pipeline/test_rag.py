@@ -3,7 +3,9 @@
 import pytest
 from servehelpers import small_limits_config
 
+from pipeline import batching
 from pipeline.answerer import Answerer
+from pipeline.batching import AnswerBatch
 from pipeline.planning import PlanError
 from pipeline.rag import RagPipeline
 from pipeline.wire import Answer, ContextTooLongError, Delta, Finished, GenerationJob, Started
@@ -25,7 +27,7 @@ def pipeline(small_index_dir, lm):
         draft_size=generation.draft_size, max_draft_size=generation.max_draft
     )
     answerer = Answerer(LookaheadGenerator(lm, defaults), generation)
-    return RagPipeline(load_index(small_index_dir), answerer, config)
+    return RagPipeline(load_index(small_index_dir), AnswerBatch(answerer, max_batch=1), config)
 
 
 def test_events_come_in_order_with_sources_from_the_index(pipeline):
@@ -56,25 +58,26 @@ def test_lookahead_is_lossless_and_takes_fewer_steps_than_tokens(pipeline):
 
 
 def test_the_prompt_never_overflows_the_budget_passages_are_dropped_instead(pipeline):
-    answerer = pipeline.answerer
+    answerer = pipeline.batch.answerer
     small = Answerer(
         answerer.generator, answerer.settings.model_copy(update={"max_prompt_tokens": 200})
     )
     job = pipeline.job(QUESTION, top_k=8, max_tokens=4)
-    started = next(small.stream(job))
+    started = small.started(small.prepare(job))
     assert started.prompt_tokens <= 200
     assert len(started.sources) < 8
 
 
 def test_the_budget_leaves_room_for_the_answer_in_the_model_window(pipeline):
-    window = pipeline.answerer.generator.context_window
-    assert pipeline.answerer.budget(window - 100) == 100
+    answerer = pipeline.batch.answerer
+    assert answerer.budget(answerer.generator.context_window - 100) == 100
 
 
 def test_a_question_too_long_for_any_budget_is_a_clear_error(pipeline):
     job = GenerationJob(messages=({"role": "user", "content": "json " * 3000},), max_tokens=8)
     with pytest.raises(ContextTooLongError, match="before any context"):
-        list(pipeline.answerer.stream(job))
+        list(batching.stream(pipeline.batch, job))
+    assert not pipeline.batch.busy  # nothing was queued
 
 
 def test_stop_strings_end_the_answer_before_them(pipeline):
@@ -90,10 +93,12 @@ def test_stop_strings_end_the_answer_before_them(pipeline):
 
 def test_completion_jobs_continue_raw_text(pipeline):
     job = GenerationJob(prompt="import json\n\nvalue = json.", max_tokens=6)
-    answer = pipeline.answerer.stream(job)
+    answer = batching.stream(pipeline.batch, job)
     started = next(answer)
+    answer.close()  # stopping early cancels it
+    assert not pipeline.batch.busy
     assert started.sources == ()
-    assert started.prompt_tokens == len(pipeline.answerer.tokenizer.encode(job.prompt))
+    assert started.prompt_tokens == len(pipeline.batch.answerer.tokenizer.encode(job.prompt))
 
 
 @pytest.mark.parametrize("question", ["", "   ", None])

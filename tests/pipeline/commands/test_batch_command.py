@@ -13,17 +13,15 @@ from pathlib import Path
 
 import psutil
 import redis
+import torch
+from servehelpers import ONE_PATH_QUESTIONS
 
-from pipeline.answerer import Answerer
 from pipeline.commands.cli import main
-from pipeline.config import load_config
 from pipeline.jobs.batch_io import OK, final_records
-from pipeline.rag import RagPipeline
-from retrieval import load_index
 from trie_store import TrieConfig
 from trie_store.sharing.members import answer_ngrams
 
-QUESTIONS = ("How do I parse a JSON string?", "What does functools.partial do?", "")
+QUESTIONS = (*ONE_PATH_QUESTIONS, "")
 
 
 def _batch(*argv: str, env: dict[str, str]) -> dict:
@@ -36,6 +34,17 @@ def _batch(*argv: str, env: dict[str, str]) -> dict:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _ask(question: str, *argv: str, capsys) -> dict:
+    """`lookahead-rag ask --json` in this process (it gives torch every core: restored after)."""
+    threads = torch.get_num_threads()
+    capsys.readouterr()
+    try:
+        assert main(["ask", question, "--json", *argv]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads(capsys.readouterr().out)
 
 
 def _shared_ngrams(url: str) -> set[bytes]:
@@ -63,20 +72,16 @@ def test_batch_answers_as_the_service_and_resumes(
     records = final_records(out)
     assert records["q2"]["status"] == "invalid"
 
-    config = load_config(
-        overrides={"retrieval.index_dir": str(small_index_dir), "generation.max_tokens": 12}
-    )
-    rag = RagPipeline(
-        load_index(small_index_dir), Answerer.from_model(lm, config.generation), config
-    )
     shared = _shared_ngrams(redis_server.url)
     for key, question in (("q0", QUESTIONS[0]), ("q1", QUESTIONS[1])):
         record = records[key]
-        expected = rag.answer(question)
+        expected = _ask(
+            question, "--index", str(small_index_dir), "--max-tokens", "12", capsys=capsys
+        )
         assert record["status"] == OK
-        assert record["answer"] == expected.text  # lossless: the service's own answer
-        assert [s["id"] for s in record["sources"]] == [s.id for s in expected.sources]
-        assert record["stats"]["completion_tokens"] == expected.finished.completion_tokens
+        assert record["answer"] == expected["answer"]  # one request path: ask's answer
+        assert [s["id"] for s in record["sources"]] == [s["id"] for s in expected["sources"]]
+        assert record["stats"]["completion_tokens"] == expected["usage"]["completion_tokens"]
         # the actor's answers reached the shared store before their part was written
         tokens = lm.tokenizer.encode(record["answer"], add_special_tokens=False)
         assert shared & set(answer_ngrams(tokens, TrieConfig())), key

@@ -167,8 +167,9 @@ def test_metrics_count_requests_errors_and_tokens(client, backend):
     assert 'lookahead_rag_requests_total{endpoint="/v1/rag",status="400"} 1.0' in text
     assert 'lookahead_rag_errors_total{code="invalid_value",endpoint="/v1/rag"} 1.0' in text
     assert "lookahead_rag_completion_tokens_total 5.0" in text
-    assert "lookahead_rag_accepted_tokens_total 2.0" in text
+    assert "lookahead_rag_decode_steps_total 3.0" in text
     assert "lookahead_rag_mean_accepted_length 1.666" in text
+    assert "lookahead_rag_accepted_tokens" not in text  # counted per replica, as vLLM does
     assert 'lookahead_rag_time_to_first_token_seconds_count{endpoint="/v1/rag"} 1.0' in text
 
 

@@ -102,7 +102,7 @@ def test_requests_decode_together_and_a_short_one_is_not_held_back(scheduler, ba
             inside.set()
             release.wait()
 
-        held = loop.run_in_executor(None, scheduler.call, hold_the_model_thread)
+        held = loop.run_in_executor(None, scheduler.thread.run, hold_the_model_thread)
         await loop.run_in_executor(None, inside.wait)
         tasks = [
             asyncio.create_task(collect(scheduler, job("long", 6))),
@@ -228,19 +228,19 @@ def test_closing_fails_running_requests_and_refuses_new_ones(batch):
 
 
 def test_the_model_is_loaded_on_the_thread_that_runs_every_step(scheduler, batch):
-    """One OpenMP pool: see BatchScheduler.call."""
-    loaded_on = scheduler.call(threading.get_ident)
+    """One OpenMP pool: see pipeline.model_thread."""
+    loaded_on = scheduler.thread.run(threading.get_ident)
     asyncio.run(collect(scheduler, job("a", 2)))
     assert batch.step_thread == loaded_on != threading.get_ident()
 
 
-def test_call_hands_back_the_error(scheduler):
+def test_the_model_thread_hands_back_the_error(scheduler):
     def broken():
         raise ValueError("no such model")
 
     with pytest.raises(ValueError, match="no such model"):
-        scheduler.call(broken)
-    assert scheduler.call(lambda: 42) == 42  # the thread goes on
+        scheduler.thread.run(broken)
+    assert scheduler.thread.run(lambda: 42) == 42  # the thread goes on
 
 
 def test_streaming_before_start_is_a_clear_error():

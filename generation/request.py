@@ -1,31 +1,23 @@
-"""The lookahead decode loop, as a handful of small functions (gpt-fast's `generate.py` style).
+"""One sequence being decoded: its context, drafter, calibration, stop scan and figures.
 
-prefill -> repeat { draft -> calibrate -> choose its size -> one verify pass over the tree ->
-accept (greedy, or exact sampling) -> keep the accepted KV entries -> show the accepted tokens
-to the drafter and the calibration } until EOS, a stop string or the token budget. The root of
-every draft is the last emitted token, not yet in the KV cache, so a step with an empty draft
-is exactly one plain decoding step.
+The batched engine (`generation.batch`) runs every sequence through the same two calls per
+step: `Request.draft` (drafted, clipped to the token budget, calibrated, before the batch
+chooses its size), then, after the verify pass, `Request.settle` (accept by the sequence's own
+rule, stop scan, show the drafter and the calibration what was accepted). The root of every
+draft is the last emitted token, not yet in the KV cache, so a step with an empty draft is
+exactly one plain decoding step.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
-from transformers import PreTrainedModel
 
 from generation.accept import GREEDY, AcceptRule
-from generation.budget import choose_draft_size
 from generation.calibration import Calibrator
 from generation.stopping import StopScanner
-from generation.verify import keep_accepted_kv, prefill, verify_forward
 from trie_store.draft import Draft, Drafter
-
-if TYPE_CHECKING:
-    from generation.step_cost import StepCostCurve
 
 
 @dataclass(frozen=True)
@@ -42,13 +34,14 @@ class DecodeStats:
     """Per-request figures; times in seconds."""
 
     prompt_tokens: int = 0
+    queue_s: float = 0.0  # waiting for a batch row
     steps: int = 0
     tokens: int = 0
     draft_sizes: list[int] = field(default_factory=list)
     accepted: list[int] = field(default_factory=list)  # accepted draft tokens per step
     prefill_s: float = 0.0
-    draft_s: float = 0.0  # drafting and choosing the draft size
-    forward_s: float = 0.0  # the verify pass, up to the argmax on the host (greedy)
+    draft_s: float = 0.0  # drafting and calibrating
+    forward_s: float = 0.0  # the verify passes it took part in (shared with the batch)
     # accept (sampling: its per-node distributions too), KV bookkeeping, drafter update,
     # detokenising, stop scan
     accept_s: float = 0.0
@@ -85,12 +78,7 @@ def clip_depth(draft: Draft, max_depth: int) -> Draft:
 
 
 class Request:
-    """One sequence being decoded: its context, drafter, calibration, stop scan and stats.
-
-    The single-request loop (`decode`) and the batch (`generation.batch`) run the same steps:
-    `draft` (drafted, clipped to the token budget, calibrated), then, after a verify pass,
-    `settle` (accept, stop scan, show the drafter and the calibration what was accepted).
-    """
+    """One sequence being decoded: what `draft` and `settle` need from step to step."""
 
     def __init__(
         self,
@@ -137,33 +125,3 @@ class Request:
         if reason is not None:
             return nodes, Chunk(emitted.tolist(), text, reason, stats)
         return nodes, Chunk(emitted.tolist(), text)
-
-
-def decode(
-    model: PreTrainedModel, request: Request, curve: StepCostCurve | None = None
-) -> Iterator[Chunk]:
-    """Yield one chunk per step until EOS, a stop string or the token budget; `curve` (t(q))
-    chooses each draft's size unless the policy fixes it."""
-    stats, policy = request.stats, request.policy
-    t0 = time.perf_counter()
-    cache = prefill(model, request.context[: request.cached])
-    stats.prefill_s = time.perf_counter() - t0
-    while True:
-        t0 = time.perf_counter()
-        draft = request.draft()
-        if policy.fixed is not None:
-            draft = draft.truncate(policy.fixed)
-        else:
-            draft = draft.truncate(choose_draft_size(draft, curve, policy.max_nodes))
-        t1 = time.perf_counter()
-        past_len = request.cached
-        verified = request.rule.verified(verify_forward(model, cache, draft, past_len))
-        t2 = time.perf_counter()
-        nodes, chunk = request.settle(draft, verified)
-        keep_accepted_kv(cache, past_len, nodes)
-        stats.draft_s += t1 - t0
-        stats.forward_s += t2 - t1
-        stats.accept_s += time.perf_counter() - t2
-        yield chunk
-        if chunk.finish_reason is not None:
-            return

@@ -1,5 +1,5 @@
-"""The batch's KV rows: lengths track prompt + emitted tokens, entries equal a fresh prefill,
-rows freed by a finished or cancelled sequence carry nothing into the next one."""
+"""kv_cache.py, the batch's KV rows: lengths track prompt + emitted tokens, entries equal a fresh
+prefill, rows freed by a finished or cancelled sequence carry nothing into the next one."""
 
 import numpy as np
 import pytest
@@ -10,22 +10,21 @@ from genhelpers import (
     drive,
     fixed_engine,
     greedy,
+    reference_cache,
     tiny_model,
     tokens_of,
     tree,
 )
 
 from generation import LookaheadConfig
-from generation.batch import BatchDecoder
-from generation.batch_cache import BatchKVCache
-from generation.batch_verify import Block, forward_blocks, prefill_row
-from generation.verify import prefill
+from generation.kv_cache import BatchKVCache
+from generation.verify import Block, forward_blocks, prefill_row
 
 
 def assert_row_holds(cache: BatchKVCache, row: int, model, ids: np.ndarray) -> None:
-    """Row `row`'s real entries are exactly those of a fresh single-sequence prefill of `ids`."""
+    """Row `row`'s real entries are exactly those of transformers' own pass over `ids`."""
     assert cache.lengths[row] == len(ids)
-    fresh = prefill(model, ids)
+    fresh = reference_cache(model, ids)
     for mine, theirs in zip(cache.layers, fresh.layers, strict=True):
         for got, want in ((mine.keys, theirs.keys), (mine.values, theirs.values)):
             torch.testing.assert_close(got[row, :, : len(ids)], want[0], rtol=0, atol=1e-12)
@@ -58,8 +57,8 @@ def test_rows_track_prompt_plus_emitted_and_reused_rows_start_clean(tokenizer):
         return key, prompts[key], LookaheadConfig(budget[key], draft_size=8), drafter
 
     arrivals = {0: [arrival("a", 0), arrival("b", 1)], 2: [arrival("c", 2)], 20: [arrival("d", 3)]}
-    decoder = BatchDecoder(engine, max_batch=2, prefill_chunk=16)
-    chunks = drive(decoder, arrivals, cancel={12: ["a"]}, check=check)
+    decoder = engine.decoder(max_batch=2, prefill_chunk=16)
+    chunks = drive(engine, decoder, arrivals, cancel={12: ["a"]}, check=check)
     for key in "bcd":
         assert tokens_of(chunks[key]) == references[key].tolist()
     assert len(checked) > 40

@@ -1,4 +1,5 @@
-"""Lookahead output == transformers' greedy `generate`, token for token, in float64."""
+"""A lone request (`LookaheadGenerator.stream` / `generate`: a batch of one) gives transformers'
+greedy `generate` output, token for token, in float64, whatever its drafts."""
 
 import numpy as np
 import pytest
@@ -14,9 +15,7 @@ from genhelpers import (
     tiny_model,
 )
 
-import generation.decode
 from generation import LookaheadConfig
-from generation.verify import keep_accepted_kv
 
 MAX_NEW = 40
 DRAFT_SIZES = (0, 1, 4, 16, 64)
@@ -95,25 +94,3 @@ def test_stop_string_inside_an_accepted_chunk(tokenizer, arch):
     assert result.finish_reason == "stop"
     assert result.text == text[: text.index(stop)]
     assert result.stats.accepted[-1] >= 1  # the stop fell inside a multi-token chunk
-
-
-def test_cache_tracks_prompt_plus_emitted_over_many_steps(monkeypatch, tokenizer):
-    model = tiny_model("qwen2")
-    prompt = np.random.default_rng(1).integers(0, VOCAB, 15)
-    reference = greedy(model, prompt, 120)
-    lengths = []
-
-    def recording_keep(cache, past_len, kept):
-        keep_accepted_kv(cache, past_len, kept)
-        lengths.append((cache.get_seq_length(), past_len + len(kept)))
-
-    monkeypatch.setattr(generation.decode, "keep_accepted_kv", recording_keep)
-    engine = fixed_engine(model, tokenizer)
-    drafter = OracleDrafter(np.concatenate([prompt, reference]), seed=2, hit_rate=0.5)
-    chunks = list(engine.stream(prompt, LookaheadConfig(120, draft_size=8), drafter))
-    assert [t for c in chunks for t in c.token_ids] == reference.tolist()
-    assert len(lengths) == len(chunks) > 30
-    assert all(got == want for got, want in lengths)
-    emitted = np.cumsum([len(c.token_ids) for c in chunks])
-    # The newest token is the next draft's root: it enters the cache in the next step.
-    assert [got for got, _ in lengths] == (len(prompt) + emitted - 1).tolist()
