@@ -9,7 +9,8 @@ from benchhelpers import is_rounded_ratio
 
 from pipeline.commands.cli import main
 
-KEYS = {"device", "model", "dtype", "threads", "context_len", "speedups", "t_ms", "ratio_16_1"}
+KEYS = {"device", "batch", "model", "dtype", "threads", "context_len", "speedups", "t_ms"}
+KEYS |= {"ratio_16_1"}
 T_DIGITS = 4  # significant digits of the JSON's t_ms
 RATIO_ERR = 0.0005  # ratio_16_1 has 3 decimals
 TABLE_ERR = 0.005  # t(q)/t(1) and the break-even have 2 decimals in the table
@@ -74,6 +75,14 @@ def test_bench_steps_stock_alone(capsys, saved_model):
     assert list(tables) == ["stock"]
     check_setup(result, tables["stock"], "stock", saved_model)
     assert result["speedups"] == []
+    assert result["batch"] == 1
+
+
+def test_bench_steps_at_a_batch_size(capsys, saved_model):
+    """One curve of the engine's cost surface: `--batch` sequences a pass, each its own cache."""
+    result, tables = bench_steps(capsys, saved_model, "--batch", "3")
+    assert result["batch"] == 3
+    check_setup(result, tables["fast"], "fast", saved_model)
 
 
 @pytest.mark.parametrize(
