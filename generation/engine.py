@@ -89,6 +89,7 @@ class LookaheadGenerator:
         self.config = config or LookaheadConfig()
         self._costs = costs
         self._costs_given = costs is not None
+        self._lone: BatchDecoder | None = None  # stream's batch of one, kept with its buffers
         if self.config.draft_size == "auto":
             self.costs()  # measured (or read) at start-up, not mid-request
         generation_config = lm.model.generation_config
@@ -160,9 +161,12 @@ class LookaheadGenerator:
         Input is checked here, before the first chunk is asked for. Without a drafter, one is
         seeded from the prompt (the RAG service passes one seeded from its passages too).
         """
-        decoder = self.decoder()
-        decoder.add(self.request(prompt, config, drafter))
-        return _alone(decoder)
+        request = self.request(prompt, config, drafter)
+        if self._lone is None:
+            self._lone = self.decoder()
+        # A stream still being read holds the kept decoder: this one gets its own.
+        decoder = self._lone if not self._lone.busy else self.decoder()
+        return _alone(decoder, decoder.add(request))
 
     def request(
         self,
@@ -223,13 +227,20 @@ class LookaheadGenerator:
         return ids.astype(np.int64)
 
 
-def _alone(decoder: BatchDecoder) -> Iterator[Chunk]:
-    """The chunks of a decoder's only sequence; what failed it is raised."""
-    while decoder.busy:
-        for _, chunk in decoder.step():
-            if chunk.error is not None:
-                raise chunk.error
-            yield chunk
+def _alone(decoder: BatchDecoder, handle: int) -> Iterator[Chunk]:
+    """The chunks of a decoder's only sequence; what failed it is raised, and a reader that
+    stops early cancels it."""
+    finished = False
+    try:
+        while not finished:
+            for _, chunk in decoder.step():
+                finished = chunk.finish_reason is not None
+                if chunk.error is not None:
+                    raise chunk.error
+                yield chunk
+    finally:
+        if not finished:
+            decoder.cancel(handle)
 
 
 def policy(config: LookaheadConfig) -> DraftPolicy:

