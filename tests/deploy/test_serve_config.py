@@ -21,7 +21,7 @@ from ray.serve.schema import ServeDeploySchema
 
 import pipeline.service.app
 from generation.defaults import MAX_BATCH_GPU
-from pipeline import cli
+from pipeline.commands import cli
 from pipeline.config import ENV_PREFIX, Config, load_config
 
 REPO = Path(__file__).resolve().parents[2]
