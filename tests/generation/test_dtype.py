@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 from genhelpers import tiny_model
-from transformers import AutoTokenizer
 
 from generation.engine import LookaheadConfig, LookaheadGenerator
 from generation.kv_cache import BatchKVCache
-from generation.models import _default_model_dir, auto_dtype, load_model
+from generation.models import auto_dtype, load_model
 from generation.step_cost import curve_path
 from generation.verify import Block, forward_blocks
 
@@ -65,11 +64,11 @@ def test_no_gpu_and_other_devices_get_float32(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> str:
+def saved(tmp_path_factory, tokenizer) -> str:
     """A tiny float32 Llama saved with the default tokenizer, as a checkpoint on disk is."""
     path = tmp_path_factory.mktemp("tiny-llama")
     tiny_model("llama", seed=3, dtype=torch.float32).save_pretrained(path)
-    AutoTokenizer.from_pretrained(_default_model_dir()).save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return str(path)
 
 
