@@ -81,10 +81,14 @@ class LookaheadGenerator:
         lm: LoadedModel,
         config: LookaheadConfig | None = None,
         costs: BatchCosts | None = None,
+        ragged: bool | None = None,
     ) -> None:
         """`costs`: a cost surface to use for every batch size (tests, benchmarks); None
-        measures (or reads the cached) t(b, q) of this model and device as batches need it."""
-        check_tree_attention(lm.model)
+        measures (or reads the cached) t(b, q) of this model and device as batches need it.
+        `ragged`: verify trees of different sizes flattened in one pass; None (the default):
+        wherever the load-time probe finds it exact, False: the padded layout (benchmarks)."""
+        ragged_ok = check_tree_attention(lm.model)
+        self.ragged = ragged_ok if ragged is None else ragged and ragged_ok
         self.lm = lm
         self.config = config or LookaheadConfig()
         self._costs = costs
@@ -112,14 +116,14 @@ class LookaheadGenerator:
     def costs(self, max_batch: int = 1) -> BatchCosts:
         """The verify cost t(b, q) for batches of up to `max_batch` (cached across runs)."""
         if not self._costs_given and (self._costs is None or max(self._costs.curves) < max_batch):
-            self._costs = load_batch_costs(self.lm, max_batch)
+            self._costs = load_batch_costs(self.lm, max_batch, self.ragged)
         return self._costs
 
     def decoder(self, max_batch: int = 1, prefill_chunk: int = PREFILL_CHUNK) -> BatchDecoder:
         """An idle batch of up to `max_batch` sequences on this model, its cost surface measured
         now when drafts are sized automatically by default."""
         costs = self.costs(max_batch) if self.config.draft_size == "auto" else self._costs
-        return BatchDecoder(self.lm, max_batch, costs, prefill_chunk)
+        return BatchDecoder(self.lm, max_batch, costs, prefill_chunk, self.ragged)
 
     def encode(self, prompt: PromptInput) -> np.ndarray:
         """Token ids of a prompt: ids as given; a string is one user message; messages go
