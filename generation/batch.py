@@ -34,10 +34,16 @@ from generation.budget import choose_nodes, choose_rows
 from generation.defaults import PREFILL_CHUNK
 from generation.kv_cache import BatchKVCache
 from generation.models import LoadedModel
+from generation.prefix_cache import PrefixCache
 from generation.request import Chunk, DecodeStats, Request
 from generation.step_cost import BatchCosts, CostFeedback, load_batch_costs
 from generation.verify import Block, forward_blocks, prefill_row
 from trie_store.draft import Draft
+
+# Admission order with a prefix cache: a second of waiting weighs as much as this many cached
+# prompt tokens (about one second of prefill here), so a request with nothing cached waits
+# behind cache hits for a few seconds at most.
+AGING_TOKENS = 1000
 
 
 @dataclass
@@ -94,11 +100,13 @@ class BatchDecoder:
         costs: BatchCosts | None = None,
         prefill_chunk: int = PREFILL_CHUNK,
         ragged: bool = False,
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
         """`costs`: the cost surface up to `max_batch` (`LookaheadGenerator.decoder` passes the
         one it measured at start-up); None measures it when the first request needs it.
         `ragged`: verify trees of different sizes flattened (the load-time probe says whether
-        the model can), measured in that layout."""
+        the model can), measured in that layout. `prefix_cache`: prompt KV shared across the
+        requests this decoder serves (docs/batching.md, "Prefix reuse")."""
         if max_batch < 1 or prefill_chunk < 1:
             raise ValueError(
                 f"max_batch and prefill_chunk must be >= 1, got {max_batch} and {prefill_chunk}"
@@ -108,6 +116,7 @@ class BatchDecoder:
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
         self.ragged = ragged
+        self.prefix_cache = prefix_cache
         self.cache = BatchKVCache(self.model, max_batch)
         self.stats = BatchStats()
         self._costs = costs
@@ -186,7 +195,7 @@ class BatchDecoder:
         decode pass: every decoding one), each with a last chunk carrying it, and the others
         go on."""
         while self._waiting and self.live < self.max_batch:
-            sequence = self._waiting.popleft()
+            sequence = self._next_waiting()
             sequence.request.stats.queue_s = time.perf_counter() - sequence.queued_at
             self._prefilling.append(sequence)
         events = self._prefill()
@@ -203,6 +212,7 @@ class BatchDecoder:
             if sequence.row is None:
                 sequence.row = len(self._rows)
                 self.cache.clear_row(sequence.row)
+                self._reuse_prefix(sequence)
             done = int(self.cache.lengths[sequence.row])
             take = request.cached - done if budget is None else min(request.cached - done, budget)
             t0 = time.perf_counter()
@@ -221,8 +231,47 @@ class BatchDecoder:
             if budget is not None:
                 budget -= take
             if self.cache.lengths[sequence.row] == request.cached:
+                self._share_prefix(sequence)
                 self._rows.append(self._prefilling.popleft())
         return failed
+
+    def _next_waiting(self) -> _Sequence:
+        """The waiting sequence to admit: with a prefix cache, the one with the most prompt
+        tokens cached, a second of waiting counting as AGING_TOKENS cached tokens so that
+        nobody starves (SGLang's longest-prefix-first); else the oldest."""
+        if self.prefix_cache is None or len(self._waiting) == 1:
+            return self._waiting.popleft()
+        now = time.perf_counter()
+
+        def priority(sequence: _Sequence) -> float:
+            request = sequence.request
+            cached = self.prefix_cache.peek(request.context[: request.cached])
+            return cached * request.reuse_prefix + AGING_TOKENS * (now - sequence.queued_at)
+
+        best = max(self._waiting, key=priority)  # the first maximum: the oldest
+        self._waiting.remove(best)
+        return best
+
+    def _reuse_prefix(self, sequence: _Sequence) -> None:
+        """Load the longest cached prefix of its prompt into its (cleared) row."""
+        request = sequence.request
+        if self.prefix_cache is None or not request.reuse_prefix:
+            return
+        with self.prefix_cache.lookup(request.context[: request.cached]) as match:
+            views = self.cache.row_kv(sequence.row, match.n_tokens)
+            if match.n_tokens and views is not None:
+                match.copy_to(*views)
+                self.cache.lengths[sequence.row] = match.n_tokens
+                request.stats.prefix_tokens = match.n_tokens
+
+    def _share_prefix(self, sequence: _Sequence) -> None:
+        """Its prompt's KV, now whole in its row, into the prefix cache for later requests."""
+        request = sequence.request
+        if self.prefix_cache is None or not request.reuse_prefix:
+            return
+        views = self.cache.row_kv(sequence.row, request.cached)
+        if views is not None:
+            self.prefix_cache.insert(request.context[: request.cached], *views)
 
     def _decode(self) -> list[tuple[int, Chunk]]:
         events: list[tuple[int, Chunk]] = []

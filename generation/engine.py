@@ -20,6 +20,7 @@ from generation.batch import BatchDecoder
 from generation.defaults import DEFAULT_MODEL, MAX_DRAFT_SIZE, PREFILL_CHUNK
 from generation.detokenize import IncrementalDetokenizer
 from generation.models import LoadedModel, load_model
+from generation.prefix_cache import PrefixCache
 from generation.request import Chunk, DecodeStats, DraftPolicy, Request
 from generation.sampling import SamplingParams
 from generation.step_cost import BatchCosts, load_batch_costs
@@ -38,8 +39,10 @@ class LookaheadConfig:
 
     `draft_size="auto"` picks each step's draft size from the measured step-cost curve so that
     drafting never costs more than it yields; an int fixes it (0 = plain decoding), for
-    experiments and tests. `prompt + max_new_tokens` must fit the model's context window: the
-    engine refuses rather than silently truncating either. `sampling` defaults to greedy.
+    experiments and tests. `prefix_cache`: reuse prompt KV that earlier requests computed
+    (where the decoder has a prefix cache); off for the benchmarks' baseline.
+    `prompt + max_new_tokens` must fit the model's context window: the engine refuses rather
+    than silently truncating either. `sampling` defaults to greedy.
     """
 
     max_new_tokens: int = 256
@@ -48,6 +51,7 @@ class LookaheadConfig:
     max_draft_size: int = MAX_DRAFT_SIZE
     ignore_eos: bool = False
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    prefix_cache: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -119,11 +123,15 @@ class LookaheadGenerator:
             self._costs = load_batch_costs(self.lm, max_batch, self.ragged)
         return self._costs
 
-    def decoder(self, max_batch: int = 1, prefill_chunk: int = PREFILL_CHUNK) -> BatchDecoder:
+    def decoder(
+        self, max_batch: int = 1, prefill_chunk: int = PREFILL_CHUNK, prefix_cache_bytes: int = 0
+    ) -> BatchDecoder:
         """An idle batch of up to `max_batch` sequences on this model, its cost surface measured
-        now when drafts are sized automatically by default."""
+        now when drafts are sized automatically by default; with a prefix cache of
+        `prefix_cache_bytes` (0: none) shared by the requests it serves."""
         costs = self.costs(max_batch) if self.config.draft_size == "auto" else self._costs
-        return BatchDecoder(self.lm, max_batch, costs, prefill_chunk, self.ragged)
+        prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes else None
+        return BatchDecoder(self.lm, max_batch, costs, prefill_chunk, self.ragged, prefix_cache)
 
     def encode(self, prompt: PromptInput) -> np.ndarray:
         """Token ids of a prompt: ids as given; a string is one user message; messages go
@@ -203,6 +211,7 @@ class LookaheadGenerator:
             scanner,
             config.max_new_tokens,
             config.sampling.rule(),
+            config.prefix_cache,
         )
 
     def generate(

@@ -191,6 +191,17 @@ class BatchKVCache(Cache):
         """A new sequence starts in `row`: nothing of the old one stays visible."""
         self.lengths[row] = 0
 
+    def row_kv(self, row: int, tokens: int) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """Per layer, views `[kv_heads, >= tokens, head_dim]` of row `row`'s keys and values
+        (room for `tokens` made first); None before the first pass has shaped the buffers."""
+        if not all(layer.is_initialized for layer in self.layers):
+            return None
+        for layer in self.layers:
+            layer._reserve(row + 1, tokens)
+        return [layer.keys[row] for layer in self.layers], [
+            layer.values[row] for layer in self.layers
+        ]
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """The longest row of the planned pass (models ask only when not given positions)."""
         return int(self.lengths[self.plan.rows].max())
