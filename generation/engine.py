@@ -40,6 +40,8 @@ class LookaheadConfig:
     drafting never costs more than it yields; an int fixes it (0 = plain decoding), for
     experiments and tests. `prompt + max_new_tokens` must fit the model's context window: the
     engine refuses rather than silently truncating either. `sampling` defaults to greedy.
+    `reuse_prefix=False` keeps the request out of the decoder's prefix cache (the baseline of
+    benchmarks): it neither takes cached KV nor leaves its own.
     """
 
     max_new_tokens: int = 256
@@ -48,6 +50,7 @@ class LookaheadConfig:
     max_draft_size: int = MAX_DRAFT_SIZE
     ignore_eos: bool = False
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    reuse_prefix: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -63,6 +66,8 @@ class LookaheadConfig:
             raise ValueError(f"max_draft_size must be an int >= 0, got {self.max_draft_size!r}")
         if not isinstance(self.sampling, SamplingParams):
             raise ValueError(f"sampling must be a SamplingParams, got {self.sampling!r}")
+        if not isinstance(self.reuse_prefix, bool):
+            raise ValueError(f"reuse_prefix must be a bool, got {self.reuse_prefix!r}")
 
 
 @dataclass(frozen=True)
@@ -199,6 +204,7 @@ class LookaheadGenerator:
             scanner,
             config.max_new_tokens,
             config.sampling.rule(),
+            config.reuse_prefix,
         )
 
     def generate(
