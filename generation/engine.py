@@ -39,10 +39,10 @@ class LookaheadConfig:
 
     `draft_size="auto"` picks each step's draft size from the measured step-cost curve so that
     drafting never costs more than it yields; an int fixes it (0 = plain decoding), for
-    experiments and tests. `prefix_cache`: reuse prompt KV that earlier requests computed
-    (where the decoder has a prefix cache); off for the benchmarks' baseline.
-    `prompt + max_new_tokens` must fit the model's context window: the engine refuses rather
-    than silently truncating either. `sampling` defaults to greedy.
+    experiments and tests. `prompt + max_new_tokens` must fit the model's context window: the
+    engine refuses rather than silently truncating either. `sampling` defaults to greedy.
+    `reuse_prefix=False` keeps the request out of the decoder's prefix cache (the baseline of
+    benchmarks): it neither takes cached KV nor leaves its own.
     """
 
     max_new_tokens: int = 256
@@ -51,7 +51,7 @@ class LookaheadConfig:
     max_draft_size: int = MAX_DRAFT_SIZE
     ignore_eos: bool = False
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    prefix_cache: bool = True
+    reuse_prefix: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -67,6 +67,8 @@ class LookaheadConfig:
             raise ValueError(f"max_draft_size must be an int >= 0, got {self.max_draft_size!r}")
         if not isinstance(self.sampling, SamplingParams):
             raise ValueError(f"sampling must be a SamplingParams, got {self.sampling!r}")
+        if not isinstance(self.reuse_prefix, bool):
+            raise ValueError(f"reuse_prefix must be a bool, got {self.reuse_prefix!r}")
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,7 @@ class LookaheadGenerator:
             scanner,
             config.max_new_tokens,
             config.sampling.rule(),
-            config.prefix_cache,
+            config.reuse_prefix,
         )
 
     def generate(

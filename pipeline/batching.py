@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING
 from generation.defaults import batch_size
 from pipeline.answerer import Answerer, Prepared
 from pipeline.config import Config
-from pipeline.wire import Answer, Event, Finished, GenerationJob, ServingStats, Started
+from pipeline.wire import (
+    Answer,
+    Event,
+    Finished,
+    GenerationJob,
+    PrefixCacheCounts,
+    ServingStats,
+    Started,
+)
 
 if TYPE_CHECKING:
     from generation import DecodeStats
@@ -61,8 +69,19 @@ class AnswerBatch:
         return bool(self._jobs)
 
     def serving(self) -> ServingStats:
-        """The load now (read from the decoder's rows and queue) and the counts so far."""
-        return replace(self._counts, running=self.decoder.live, waiting=self.decoder.waiting)
+        """The load now (read from the decoder's rows and queue), the counts so far, and the
+        decoder's prefix cache (if it has one)."""
+        cache = getattr(self.decoder, "prefix_cache", None)
+        counts = None
+        if cache is not None:
+            stats = cache.stats
+            counts = PrefixCacheCounts(stats.queries, stats.hits, stats.evictions, stats.bytes)
+        return replace(
+            self._counts,
+            running=self.decoder.live,
+            waiting=self.decoder.waiting,
+            prefix_cache=counts,
+        )
 
     def add(self, job: GenerationJob) -> tuple[int, Started]:
         """Prepare and check `job`, then queue it; its handle and `Started` event. Raises what

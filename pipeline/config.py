@@ -60,6 +60,10 @@ class GenerationSection(_Section):
     max_draft: int = Field(MAX_DRAFT_SIZE, ge=0)  # upper bound on drafted nodes per step
     # Sequences a Generator (or a batch actor) decodes together; auto: 8 on CPU, 32 on a GPU.
     max_batch: PositiveInt | Literal["auto"] = "auto"
+    # Reuse the KV of prompt prefixes computed before (exact: same tokens, same positions), up
+    # to prefix_cache_bytes per replica; auto: 1 GiB on CPU, 4 GiB on a GPU.
+    prefix_cache: bool = True
+    prefix_cache_bytes: PositiveInt | Literal["auto"] = "auto"
 
 
 class NgramsSection(_Section):

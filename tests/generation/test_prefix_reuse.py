@@ -64,7 +64,7 @@ def test_a_request_can_opt_out_and_a_tiny_cache_stays_within_its_bytes(tokenizer
     engine = fixed_engine(model, tokenizer)
     prompts = shared_prompts(1, 3)
     decoder = BatchDecoder(engine.lm, 1, cheap_costs(), 16, engine.ragged, PrefixCache(MiB))
-    off = LookaheadConfig(MAX_NEW, draft_size=4, prefix_cache=False)
+    off = LookaheadConfig(MAX_NEW, draft_size=4, reuse_prefix=False)
     chunks = drive(engine, decoder, {0: [(0, prompts[0], off, None)]})[0]
     assert chunks[-1].stats.prefix_tokens == 0
     assert decoder.prefix_cache.stats.queries == 0  # not looked up, not stored
