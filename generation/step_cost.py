@@ -13,7 +13,7 @@ nodes and half only their root (a confident sequence beside one with nothing to 
 t(b, N / b) prices a pass of N tokens the way it runs. The start-up curve is a short
 measurement on a cache shorter than most RAG prompts, so the decoder corrects it by what its
 passes really take (`CostFeedback`). A measurement taken while other processes held the CPU
-(its own CPU time well under its wall time) is taken again, and never cached.
+(its own CPU time well under its wall time) is used but never cached.
 """
 
 from __future__ import annotations
@@ -45,10 +45,8 @@ GRID_ROWS = 128  # a start-up curve stops at b * q <= this (beyond: the last slo
 # Bump when the verify pass changes how fast it runs, so cached curves are measured again.
 CURVE_VERSION = 2
 # A start-up measurement that got less than this share of the CPU time it asked for (threads x
-# wall time) ran beside something else: measured again, up to MEASURE_ATTEMPTS times, and not
-# cached if it never ran alone.
+# wall time) ran beside something else: used, but not cached (the next start measures again).
 BUSY_SHARE = 0.6
-MEASURE_ATTEMPTS = 3
 FEEDBACK_WEIGHT = 0.1  # of each observed pass in the running correction
 
 log = logging.getLogger(__name__)
@@ -255,15 +253,13 @@ def curve_path(lm: LoadedModel, batch: int, ragged: bool = False) -> Path:
 
 def _measure_alone(lm: LoadedModel, batch: int, ragged: bool) -> tuple[StepCostCurve, bool]:
     """A short measurement, and whether it had the CPU to itself (see BUSY_SHARE)."""
-    for _ in range(MEASURE_ATTEMPTS):
-        wall, cpu = time.perf_counter(), time.process_time()
-        curve = measure_step_costs(
-            lm, qs=batch_qs(batch), repeats=3, warmup=1, batch=batch, ragged=ragged
-        )
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        if lm.device.type != "cpu" or cpu >= BUSY_SHARE * wall * torch.get_num_threads():
-            return curve, True
-    return curve, False
+    wall, cpu = time.perf_counter(), time.process_time()
+    curve = measure_step_costs(
+        lm, qs=batch_qs(batch), repeats=3, warmup=1, batch=batch, ragged=ragged
+    )
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    alone = lm.device.type != "cpu" or cpu >= BUSY_SHARE * wall * torch.get_num_threads()
+    return curve, alone
 
 
 def load_or_measure(lm: LoadedModel, batch: int, ragged: bool = False) -> StepCostCurve:

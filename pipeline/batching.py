@@ -56,7 +56,9 @@ class AnswerBatch:
 
     def __init__(self, answerer: Answerer, max_batch: int) -> None:
         self.answerer = answerer
-        self.decoder = answerer.generator.decoder(max_batch)
+        self.decoder = answerer.generator.decoder(
+            max_batch, prefix_cache_bytes=answerer.prefix_cache_bytes()
+        )
         self._jobs: dict[int, _Job] = {}
         self._counts = ServingStats()
 
@@ -71,7 +73,7 @@ class AnswerBatch:
     def serving(self) -> ServingStats:
         """The load now (read from the decoder's rows and queue), the counts so far, and the
         decoder's prefix cache (if it has one)."""
-        cache = getattr(self.decoder, "prefix_cache", None)
+        cache = self.decoder.prefix_cache
         counts = None
         if cache is not None:
             stats = cache.stats
