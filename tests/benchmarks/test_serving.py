@@ -323,13 +323,14 @@ def test_tables_show_the_summary(capsys):
         "4 nocache 4 0.500 32.0 2.00 2.000s 2.000s 100.0ms 100.0ms 3.00s 3.00s 0",
     ]
     after = lines[start + 8 :]
-    assert after[:4] == [
+    assert after[:5] == [
+        "",
         "lookahead vs plain (tokens/s) by level: 1: 1.25x, 4: 0.80x",
         "level 1 -> 4: plain tok/s 2.00x, lookahead tok/s 1.28x, lookahead TTFT p95 3.45x",
         "first error at level 4, lookahead: HTTP 503: busy",
         "",
     ]
-    assert after[4:] == [
+    assert after[5:] == [
         "prefix cache (lookahead with it vs nocache without)",
         "distinct: hit rate 72.0%; tok/s on/off by level 1: 1.25x, 4: 1.00x; TTFT p95 on/off "
         "1: 1.45x, 4: 0.50x; identical answers 1: 100%, 4: 67%",
@@ -542,8 +543,9 @@ def test_a_zipf_workload_repeats_popular_topics_word_for_word_and_rephrased():
     asked = ZipfQuestions(topics, seed=1)(2000)
     assert asked == ZipfQuestions(topics, seed=1)(2000)
     counts = [sum(topic in q for q in asked) for topic in topics]
-    assert counts == sorted(counts, reverse=True)  # the first topic the most popular
-    assert 1.4 < counts[0] / counts[1] < 2.9  # ~2 ** 1.1 = 2.14
+    assert counts[0] == max(counts)  # the first topic the most popular, the last ones the least
+    assert min(counts[:3]) > max(counts[5:])
+    assert 1.8 < counts[0] / counts[1] < 2.6  # 2 ** 1.1 = 2.14
     first = [q for q in asked if "Question 0?" in q]
     assert "Question 0?" in first  # asked as itself
     assert {PARAPHRASES[i].format(q="Question 0?") for i in range(3)} <= set(first)
