@@ -178,7 +178,11 @@ class Answerer:
             render = base_render(self.tokenizer, job.messages)
             stop = (*stop, *(s for s in BASE_STOP if s not in stop))
         prompt = build_prompt(
-            self.tokenizer, render, job.passages[: job.top_k], self.budget(job.max_tokens)
+            self.tokenizer,
+            render,
+            job.passages[: job.top_k],
+            self.budget(job.max_tokens),
+            self.settings.passage_order,
         )
         config = LookaheadConfig(
             max_new_tokens=job.max_tokens,
@@ -194,7 +198,8 @@ class Answerer:
             ),
         )
         # Retrieved passages that did not make it into the prompt still seed the trie: the
-        # answer often quotes them. Those in the prompt are seeded through the prompt itself.
+        # answer often quotes them. Those in the prompt (the best ones, whatever their order
+        # there) are seeded through the prompt itself.
         extra = [self._encode(p.text) for p in job.passages[len(prompt.passages) :]]
         shared = self.ngrams.global_trie() if self.ngrams is not None else None
         return Prepared(

@@ -31,6 +31,9 @@ from generation.defaults import DEFAULT_MODEL, DTYPE_NAMES, MAX_DRAFT_SIZE, batc
 from trie_store.sharing.sync import SyncConfig
 
 ENV_PREFIX = "LOOKAHEAD_RAG__"
+# Passages in the prompt: by document and position (requests retrieving the same passages share
+# the whole context, so its KV is reused), or best first.
+PassageOrder = Literal["document", "score"]
 
 
 class _Section(BaseModel):
@@ -64,6 +67,7 @@ class GenerationSection(_Section):
     # to prefix_cache_bytes per replica; auto: 1 GiB on CPU, 4 GiB on a GPU.
     prefix_cache: bool = True
     prefix_cache_bytes: PositiveInt | Literal["auto"] = "auto"
+    passage_order: PassageOrder = "document"  # see pipeline.prompt; docs/architecture.md why
 
 
 class NgramsSection(_Section):

@@ -408,6 +408,7 @@ def sse_payloads(text: str) -> list:
 class Passage:
     def __init__(self, i):
         self.id, self.title, self.source, self.score = f"p{i}", f"T{i}", "stdlib", 1 / (i + 1)
+        self.doc_id, self.start = f"d{i}", 0
         self.text = f"passage {i}"
 
 

@@ -17,6 +17,7 @@ SETTINGS = GenerationSection(max_tokens=24)
 class Passage:
     def __init__(self, i: int, text: str) -> None:
         self.id, self.title, self.source, self.score, self.text = f"p{i}", f"T{i}", "t", 1.0, text
+        self.doc_id, self.start = "json", i
 
 
 PASSAGES = (
