@@ -84,8 +84,8 @@ class LimitsSection(_Section):
     # Requests a Generator replica keeps waiting for a batch row; past them: 503 + Retry-After.
     max_queued: int = Field(32, ge=0)
     retry_after_s: float = Field(1.0, gt=0)  # what a refused client is told to wait
-    # How long an admitted request may wait for a batch row; past it, it leaves the queue with
-    # 503 `queue_timeout` (an error event once its stream has begun).
+    # How long a request may wait for a Generator replica to take it, and then for a batch row;
+    # past it, 503 `queue_timeout` (an error event once its stream has begun).
     max_queue_wait_s: float = Field(60.0, gt=0)
     # A stream with nothing to send for this long gets an SSE comment (keep-alive); a streamed
     # request admitted but not started within it gets its response headers then.

@@ -243,7 +243,7 @@ async def _generate(request: Request, job_request: JobRequest, renderer: Rendere
     run = Run(
         service.backend,
         service.metrics,
-        service.config.limits.keepalive_s,
+        service.config.limits,
         plan.job(passages),
         endpoint_label(request.url.path),
         request.state.arrived,

@@ -19,8 +19,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from pipeline.config import LimitsSection
 from pipeline.planning import PlanError
-from pipeline.service.errors import ReplicaDiedError
+from pipeline.service.errors import QueueTimeoutError, ReplicaDiedError
 from pipeline.service.metrics import Metrics, Trace
 from pipeline.wire import (
     Admitted,
@@ -67,7 +68,7 @@ class Run:
 
     backend: Backend
     metrics: Metrics
-    keepalive_s: float  # limits.keepalive_s
+    limits: LimitsSection
     job: GenerationJob
     endpoint: str
     arrived: float
@@ -75,13 +76,14 @@ class Run:
 
     def _events(self) -> AsyncIterator[Event]:
         trace = self.metrics.trace(self.endpoint, self.arrived)
-        return _named(_traced(self.backend.generate(self.job), trace), self.text_param)
+        events = _heard_within(self.backend.generate(self.job), self.limits)
+        return _named(_traced(events, trace), self.text_param)
 
     async def start(self) -> tuple[Started | None, AsyncIterator[Event | None]]:
         """The Generator's `Started` and the events that follow it, with a None each time
         `limits.keepalive_s` passes without one; or None and the events, once the request was
         admitted and that long has passed without `Started`."""
-        events = _ticking(self._events(), self.keepalive_s)
+        events = _ticking(self._events(), self.limits.keepalive_s)
         admitted = False
         try:
             async for event in events:
@@ -132,6 +134,30 @@ async def _traced(events: AsyncIterator[Event], trace: Trace) -> AsyncIterator[E
         raise
     finally:
         trace.on_end()
+        await events.aclose()
+
+
+async def _heard_within(
+    events: AsyncIterator[Event], limits: LimitsSection
+) -> AsyncIterator[Event]:
+    """`events`, or `QueueTimeoutError` if the first of them (a Generator replica's `Admitted`)
+    does not come within `limits.max_queue_wait_s`: the request waits nowhere without bound,
+    not even in Serve's own queue for a replica."""
+    try:
+        try:
+            first = await asyncio.wait_for(anext(events), limits.max_queue_wait_s)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise QueueTimeoutError(
+                "no Generator replica took the request within limits.max_queue_wait_s "
+                f"({limits.max_queue_wait_s:g} s): retry in {limits.retry_after_s:g} s",
+                limits.retry_after_s,
+            ) from None
+        yield first
+        async for event in events:
+            yield event
+    finally:
         await events.aclose()
 
 

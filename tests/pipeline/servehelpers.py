@@ -431,9 +431,9 @@ class StandIn:
     a part raise at a chosen point: "retrieve", "start", "midway", "check", "bug" (a plain
     exception), "died-at-start" / "died-midway" (the replica dies, on the first job only),
     "hang" (never finishes after two steps), "full" (the Generator's wait queue is full),
-    "too-long" (the prompt cannot fit), "queued" (waits for a batch row behind 2 others, then
-    decodes), "slow-start" (admitted, not started for `SLOW_START_S`), "queue-timeout" (never
-    gets a row)."""
+    "too-long" (the prompt cannot fit), "never-admitted" (no replica takes it), "queued" (waits
+    for a batch row behind 2 others, then decodes), "slow-start" (admitted, not started for
+    `SLOW_START_S`), "queue-timeout" (never gets a row)."""
 
     SLOW_START_S = 0.6
 
@@ -457,6 +457,8 @@ class StandIn:
             raise QueueFullError("the generator is at capacity; retry in 2.5 s", 2.5)
         if self.fail == "died-at-start" and first:
             raise ReplicaDiedError("the generator is unavailable: ActorDiedError")
+        if self.fail == "never-admitted":
+            await asyncio.Event().wait()
         yield Admitted()
         if self.fail == "too-long":
             raise ContextTooLongError("the request alone does not fit the context budget")

@@ -342,6 +342,35 @@ def test_a_full_queue_is_refused_at_once_and_clients_that_leave_free_their_rows(
     assert decoded < held * HELD_TOKENS / 2
 
 
+def test_streams_that_must_wait_for_a_row_hear_so_at_once(url):
+    """Issue 22: admitted streamed requests that wait for a batch row got no byte at all. Now
+    each gets its status line and `start`, then a `queued` event, before any row frees."""
+    rows = GENERATOR_REPLICAS * MAX_BATCH
+    heard, hang_up = threading.Barrier(rows + 3, timeout=240), threading.Event()
+    body = {"question": QUESTION, "max_tokens": HELD_TOKENS, "lookahead": False, "stream": True}
+
+    def open_stream(_):
+        kinds = []
+        with _client(url) as c, c.stream("POST", "/v1/rag", json=body) as r:
+            assert r.status_code == 200, r.read()
+            for payload in sse_payloads(r.iter_lines()):
+                kinds.append(payload.get("type"))
+                if kinds[-1] in ("queued", "delta"):
+                    break
+            heard.wait()  # every stream holds its row or its place until all have heard
+            hang_up.wait(240)
+        return kinds
+
+    with ThreadPoolExecutor(rows + 2) as pool:
+        outcomes = pool.map(open_stream, range(rows + 2))
+        heard.wait()
+        hang_up.set()
+        outcomes = list(outcomes)
+    queued = [kinds for kinds in outcomes if kinds[-1] == "queued"]
+    assert len(queued) >= 2, outcomes  # two more than the rows: at least two wait
+    assert all(kinds == ["start", "queued"] for kinds in queued)  # told before any delta
+
+
 def _a_full_load_fits(url, n) -> bool:
     def complete(_):
         with _client(url) as c:

@@ -443,3 +443,18 @@ def test_head_healthz_answers_and_a_404_points_at_the_schema(client):
     message = client.get("/v2/answer").json()["error"]["message"]
     assert "/docs" not in message
     assert "GET /openapi.json describes them" in message
+
+
+def test_a_request_no_replica_admits_gets_a_503_within_the_queue_wait(backend):
+    """Not even Serve's own queue for a replica may hold a request without bound."""
+    backend.fail = "never-admitted"
+    client = asgi_client(
+        build_api(backend, small_limits_config(**{"limits.max_queue_wait_s": 0.3}))
+    )
+    for stream in (False, True):
+        response = client.post("/v1/rag", json={"question": "q", "stream": stream})
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        error = response.json()["error"]
+        assert error["code"] == "queue_timeout"
+        assert "no Generator replica took the request" in error["message"]
