@@ -123,6 +123,13 @@ class ReplicaCollector(Collector):
             *(_model_families(models) if models else ()),
         ]
 
+    def _current(self, replica: str, at: float, snapshot: ReplicaMetrics) -> ReplicaMetrics:
+        """`snapshot`, with no load where every request of ours there ended after it came."""
+        idle = replica not in self._running and self._idle_since.get(replica, -1.0) >= at
+        if not idle or snapshot.serving is None:
+            return snapshot
+        return replace(snapshot, serving=replace(snapshot.serving, running=0, waiting=0))
+
 
 def _model_families(snapshots: list[ReplicaMetrics]) -> list[Metric]:
     """An info metric (always 1): which model, dtype and device each replica runs."""
@@ -135,13 +142,6 @@ def _model_families(snapshots: list[ReplicaMetrics]) -> list[Metric]:
         info = snapshot.model
         family.add_metric([snapshot.replica, info.name, info.dtype, info.device], 1.0)
     return [family]
-
-    def _current(self, replica: str, at: float, snapshot: ReplicaMetrics) -> ReplicaMetrics:
-        """`snapshot`, with no load where every request of ours there ended after it came."""
-        idle = replica not in self._running and self._idle_since.get(replica, -1.0) >= at
-        if not idle or snapshot.serving is None:
-            return snapshot
-        return replace(snapshot, serving=replace(snapshot.serving, running=0, waiting=0))
 
 
 def _sync_families(snapshots: list[ReplicaMetrics]) -> list[Metric]:
