@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         ),
         "config": {
             "model": args.model,
-            "dtype": args.dtype,
+            "dtype": engine.lm.dtype_name,
             "device": args.device,
             "threads": torch.get_num_threads(),
             "max_new_tokens": config.max_new_tokens,

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from generation.defaults import DTYPE_SETTINGS
 from generation.engine import LookaheadConfig, LookaheadGenerator
-from generation.models import DEFAULT_MODEL, DTYPES, load_model
+from generation.models import DEFAULT_MODEL, load_model
 from generation.sampling import SamplingParams
 
 HELP = "greedy vs prompt lookup vs lookahead speed"
@@ -68,7 +69,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--categories", help="comma-separated categories to keep")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    parser.add_argument(
+        "--dtype", default="auto", choices=DTYPE_SETTINGS, help="auto: as the engine loads it"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--threads",
@@ -137,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         report["identity"] = "not applicable: sampled outputs are random draws"
     report["config"] = {
         "model": args.model,
-        "dtype": args.dtype,
+        "dtype": lm.dtype_name,  # what ran ("auto" resolved); greedy ran at the same dtype
         "device": args.device,
         "threads": torch.get_num_threads(),
         "max_new_tokens": config.max_new_tokens,

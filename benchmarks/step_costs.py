@@ -4,7 +4,8 @@ for its cost surface t(b, q).
 
 Prints a table (median, quartiles, t(q)/t(1), and how many draft tokens a q-token pass must
 accept on average to beat plain decoding) and, last, one JSON line. `--compare` also runs
-transformers' stock model in the same process, interleaved, to show what the speed-ups buy.
+transformers' stock model in the same process, interleaved, to show what the speed-ups buy;
+`--vs-dtype` the same model in another dtype, interleaved, to show what the dtype buys.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import numpy as np
 import torch
 
+from generation.defaults import DTYPE_SETTINGS
 from generation.models import DEFAULT_MODEL, DTYPES, LoadedModel, load_model
 from generation.step_cost import CONTEXT_LEN, QS, curve_from_samples, sample_step_costs
 
@@ -33,7 +35,14 @@ def _parse_qs(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="HF id, local path or the default")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    parser.add_argument(
+        "--dtype", default="auto", choices=DTYPE_SETTINGS, help="auto: as the engine loads it"
+    )
+    parser.add_argument(
+        "--vs-dtype",
+        choices=list(DTYPES),
+        help="also this dtype, interleaved; the JSON adds its figures and t(q) ratios",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--context-len", type=int, default=CONTEXT_LEN)
     parser.add_argument("--repeats", type=int, default=15, help="timed passes per q (median)")
@@ -95,12 +104,14 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--batch must be >= 1")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    setups = {"stock" if args.stock else "fast": not args.stock}
+    setups = {"stock" if args.stock else "fast": (args.dtype, not args.stock)}
     if args.compare and not args.stock:
-        setups["stock"] = False
+        setups["stock"] = (args.dtype, False)
+    if args.vs_dtype:
+        setups["vs_dtype"] = (args.vs_dtype, not args.stock)
     lms = {
-        label: load_model(args.model, args.dtype, args.device, fast_kernels=fast)
-        for label, fast in setups.items()
+        label: load_model(args.model, dtype, args.device, fast_kernels=fast)
+        for label, (dtype, fast) in setups.items()
     }
     all_samples = sample_step_costs(
         list(lms.values()), args.qs, args.context_len, args.repeats, args.warmup, batch=args.batch
@@ -110,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
         print(_table(label, lm, samples), end="\n\n")
         summaries[label] = _summary(lm, samples, args.context_len, args.batch)
     result = summaries.pop(next(iter(lms)))
-    if summaries:
-        result["stock"] = summaries["stock"]
+    result.update(summaries)
+    if "vs_dtype" in summaries:
+        other = summaries["vs_dtype"]["t_ms"]
+        result["ratio_vs_dtype"] = {q: round(t / other[q], 3) for q, t in result["t_ms"].items()}
     print(json.dumps(result))
     return 0

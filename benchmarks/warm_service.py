@@ -44,6 +44,7 @@ import torch
 
 from benchmarks.local_redis import LocalRedis
 from generation import DEFAULT_MODEL, LookaheadConfig, LookaheadGenerator, load_model
+from generation.defaults import DTYPE_SETTINGS
 from trie_store import RequestDrafter
 from trie_store.sharing import NgramSync, SyncConfig, model_namespace, store_from_url
 
@@ -77,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draft-size", type=int, default=8, help="draft nodes per step")
     parser.add_argument("--top-k", type=int, default=SyncConfig.top_k, help="members pulled")
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_SETTINGS)
     parser.add_argument("--redis-url", help="an existing Redis (default: a private one)")
     parser.add_argument("--threads", type=int, help="torch threads (default: every core)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the replica choice")

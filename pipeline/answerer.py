@@ -26,13 +26,14 @@ from generation import (
     load_model,
 )
 from pipeline.config import GenerationSection, ModelSection, NgramsSection
-from pipeline.prompt import build_prompt, chat_render, completion_render
+from pipeline.prompt import BASE_STOP, base_render, build_prompt, chat_render, completion_render
 from pipeline.wire import (
     AnswerStats,
     Delta,
     Event,
     Finished,
     GenerationJob,
+    ModelInfo,
     ReplicaMetrics,
     ServingStats,
     SourceRef,
@@ -124,6 +125,8 @@ class Answerer:
         self.tokenizer = generator.lm.tokenizer
         self.ngrams = ngrams
         self.name = f"{socket.gethostname()}:{os.getpid()}"  # the replica, in its metrics
+        lm = generator.lm
+        self.model_info = ModelInfo(lm.name, lm.dtype_name, str(lm.device))
 
     @classmethod
     def from_model(
@@ -161,16 +164,20 @@ class Answerer:
     def prepare(self, job: GenerationJob) -> Prepared:
         """The job's prompt within the context budget, its decoding settings and its drafter.
         Raises `ContextTooLongError` when the request alone does not fit."""
+        stop = job.stop
         if job.prompt is not None:
-            render = completion_render(job.prompt)
-        else:
+            render = completion_render(self.tokenizer, job.prompt)
+        elif getattr(self.tokenizer, "chat_template", None):
             render = chat_render(self.tokenizer, job.messages)
+        else:  # a base model: a completion that ends where it would ask the next question
+            render = base_render(self.tokenizer, job.messages)
+            stop = (*stop, *(s for s in BASE_STOP if s not in stop))
         prompt = build_prompt(
             self.tokenizer, render, job.passages[: job.top_k], self.budget(job.max_tokens)
         )
         config = LookaheadConfig(
             max_new_tokens=job.max_tokens,
-            stop=job.stop,
+            stop=stop,
             draft_size=self.settings.draft_size if job.lookahead else 0,
             max_draft_size=self.settings.max_draft,
             sampling=SamplingParams(
@@ -215,7 +222,7 @@ class Answerer:
         sync = self.ngrams.stats() if self.ngrams is not None else None
         if sync is None and serving is None:
             return None
-        return ReplicaMetrics(self.name, sync, serving)
+        return ReplicaMetrics(self.name, sync, serving, self.model_info)
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)

@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
-from generation.defaults import DEFAULT_MODEL, DTYPE_NAMES, MAX_DRAFT_SIZE, batch_size
+from generation.defaults import DEFAULT_MODEL, DTYPE_SETTINGS, MAX_DRAFT_SIZE, batch_size
 from trie_store.sharing.sync import SyncConfig
 
 ENV_PREFIX = "LOOKAHEAD_RAG__"
@@ -40,7 +40,8 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     name: str = DEFAULT_MODEL  # HF id, local directory, or the bundled default
     served_name: str = "lookahead-rag"  # the id clients put in `model`
-    dtype: Literal[DTYPE_NAMES] = "float32"
+    # auto: bfloat16 where the device computes it in hardware (generation.models.auto_dtype)
+    dtype: Literal[DTYPE_SETTINGS] = "auto"
     device: str = "auto"  # auto: cuda when the replica sees a GPU, else cpu; or cpu, cuda:1, ...
     torch_threads: int | None = Field(None, ge=1)  # None: every core the process may use
 

@@ -19,6 +19,9 @@ SYSTEM_INSTRUCTION = (
     "Answer the question using the numbered context passages below. "
     "If they do not hold the answer, say so."
 )
+# A base model (no chat template) reads the conversation as question and answer lines and
+# would go on to a question of its own: its answer ends there.
+BASE_STOP = ("\nQuestion:",)
 # A passage cut to fewer tokens than this is more noise than context: leave it out.
 MIN_PASSAGE_TOKENS = 32
 
@@ -59,9 +62,35 @@ def chat_render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str,
     return render
 
 
-def completion_render(prompt: str) -> Render:
-    """Raw text continuation: the context block, then the caller's prompt as given."""
-    return lambda context: f"{context}\n\n{prompt}" if context else prompt
+def base_render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]]) -> Render:
+    """A completion prompt for a model without a chat template: the instruction and context,
+    then each user turn as `Question: ...` and each assistant turn as `Answer: ...`, ending in
+    `Answer:` for the model to continue (stop it at `BASE_STOP`)."""
+    labels = {"user": "Question: ", "assistant": "Answer: ", "system": ""}
+    turns = "".join(f"{labels.get(m['role'], '')}{m['content']}\n" for m in messages)
+    bos = bos_text(tokenizer)
+
+    def render(context: str) -> str:
+        head = f"{SYSTEM_INSTRUCTION}\n\n{context}\n\n" if context else ""
+        return f"{bos}{head}{turns}Answer:"
+
+    return render
+
+
+def completion_render(tokenizer: PreTrainedTokenizerBase, prompt: str) -> Render:
+    """Raw text continuation: the context block, then the caller's prompt as given (after the
+    BOS token, where the tokenizer puts one before any text)."""
+    bos = bos_text(tokenizer)
+    return lambda context: f"{bos}{context}\n\n{prompt}" if context else f"{bos}{prompt}"
+
+
+def bos_text(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The BOS token as text where encoding adds it (Gemma, Llama), else "": prompts are
+    encoded without special tokens, and such a model reads text without BOS poorly."""
+    bos = tokenizer.bos_token_id
+    if bos is None or tokenizer.encode("a")[:1] != [bos]:
+        return ""
+    return tokenizer.bos_token
 
 
 def build_prompt(

@@ -96,6 +96,15 @@ class ServingStats:
 
 
 @dataclass(frozen=True)
+class ModelInfo:
+    """The model a replica runs, as loaded: `dtype` is what `model.dtype: auto` chose there."""
+
+    name: str
+    dtype: str
+    device: str
+
+
+@dataclass(frozen=True)
 class ReplicaMetrics:
     """A Generator replica's own figures as of one event: its n-gram sync and its batch.
 
@@ -106,6 +115,7 @@ class ReplicaMetrics:
     replica: str
     sync: SyncStats | None = None
     serving: ServingStats | None = None
+    model: ModelInfo | None = None
 
 
 @dataclass(frozen=True)

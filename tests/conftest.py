@@ -38,9 +38,9 @@ def tokenizer():
     """The default model's tokenizer (byte-level BPE; its first ids also serve tiny models)."""
     from transformers import AutoTokenizer
 
-    from generation.models import _default_model_dir
+    from generation.models import bundled_dir
 
-    return AutoTokenizer.from_pretrained(_default_model_dir())
+    return AutoTokenizer.from_pretrained(bundled_dir())
 
 
 @pytest.fixture

@@ -4,8 +4,10 @@ Each retriever actor opens the configured index and each generator actor loads t
 model with its own sync of the shared n-grams (`ngrams.*`) and decodes each block's questions
 together (`pipeline.batching`, as a Serve Generator decodes its requests), so a batch answer is
 the answer the service gives (`pipeline.jobs.rag_stages`). Finished blocks are written as they
-come (`pipeline.jobs.batch`); `--resume` skips the rows an earlier run settled. The JSON summary
-is the last line printed.
+come (`pipeline.jobs.batch`); `--resume` skips the rows an earlier run settled, by row number,
+after checking that `--out` was written for this questions file. A run ends by checking that
+every input row has exactly one final record (exit status 1 if not). The JSON summary is the
+last line printed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ from pathlib import Path
 
 from pipeline.config import add_config_arguments, config_from_args
 from pipeline.jobs.batch import BatchOptions, Stages, run_batch
-from pipeline.jobs.batch_io import FORMATS, read_questions, settled_keys
+from pipeline.jobs.batch_io import (
+    FORMATS,
+    check_resumable,
+    missing_records,
+    read_questions,
+    settled_rows,
+)
 from pipeline.jobs.rag_stages import ServiceAnswerer, make_search
 
 HELP = "answer a file of questions on Ray Data, resumably"
@@ -85,10 +93,11 @@ def run(args: argparse.Namespace) -> int:
     block_rows = args.block_rows or batch_size(config.generation.max_batch, device)
     try:
         questions = read_questions(args.questions, config.limits.max_input_chars)
-    except ValueError as exc:  # the whole file is unusable; a bad row is only that row's error
+        check_resumable(questions, args.out, resume=args.resume)
+    except ValueError as exc:  # the whole file or folder; a bad row is only its own error
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    skip = frozenset(settled_keys(args.out)) if args.resume else frozenset()
+    skip = frozenset(settled_rows(args.out)) if args.resume else frozenset()
     options = BatchOptions(
         retrieve_actors=args.retrieve_actors,
         generate_actors=args.actors,
@@ -100,5 +109,8 @@ def run(args: argparse.Namespace) -> int:
     stages = Stages(partial(make_search, config), partial(ServiceAnswerer, config))
     session = partial(ray_runtime.connected, config, quiet=True)
     summary = run_batch(questions, args.out, stages, options, skip, session)
+    problems = missing_records(questions, args.out)
+    for problem in problems:  # a bug if ever: say so, never report a lossy job as done
+        print(f"error: {problem}", file=sys.stderr)
     print(json.dumps(summary.as_dict()))
-    return 0
+    return 1 if problems else 0

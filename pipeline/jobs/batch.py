@@ -30,7 +30,6 @@ from pipeline.jobs.batch_io import (
     Summary,
     failed_record,
     invalid_record,
-    row_key,
     write_part,
 )
 from pipeline.model_thread import ModelThread
@@ -160,14 +159,14 @@ def run_batch(
     out_dir: Path,
     stages: Stages,
     options: BatchOptions = BatchOptions(),
-    skip: frozenset[str | int] = frozenset(),
+    skip: frozenset[int] = frozenset(),
     ray_session: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> Summary:
-    """Answer every row of `questions` whose `row_key` is not in `skip`; write the records under
+    """Answer every row of `questions` whose row number is not in `skip`; write the records under
     `out_dir`. Ray is used inside `ray_session()`, entered only when a row needs answering
     (e.g. `ray_runtime.connected`; the default expects Ray initialised already). The summary's
     time starts once Ray is up: it counts the actors' model loading, not Ray's start."""
-    rows = [r for r in questions.to_pylist() if row_key(r) not in skip]
+    rows = [r for r in questions.to_pylist() if r["row"] not in skip]
     valid = [r for r in rows if not r["error"]]
     with ray_session() if valid else nullcontext():
         start = time.perf_counter()

@@ -2,11 +2,14 @@
 
 Bad input never fails the job: a line that is not JSON, a question that is empty, too long or
 not valid Unicode, a duplicate id, each becomes a record with status `invalid` and the reason.
-A row is known by the `id` it gives (a string) or, when it gives none, by its row number (an
-int, `row_key`): the two never collide, so a duplicate is only a second row with the same
-given id, and `--resume` never mistakes one row for another. Output goes to a directory of part
-files, each written to a temporary name and renamed when complete, so an interrupted job leaves
-only whole parts and `--resume` trusts every part it finds.
+A record is settled by its row number (`row`: the line or row of the input), never by its `id`:
+an id is the user's label, and a bad row may repeat another row's (a duplicate's record carries
+the id it repeats), so `--resume` can never take one row's record for another's. Output goes to
+a directory of part files, each written to a temporary name and renamed when complete, so an
+interrupted job leaves only whole parts and `--resume` trusts every part it finds; a resumed
+job first checks that those parts were written for this very input (`check_resumable`), and
+every run ends by checking that each input row has exactly one final record
+(`missing_records`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ FORMATS = ("jsonl", "parquet")
 QUESTION_SCHEMA = pa.schema(
     [
         ("row", pa.int64()),  # 1-based line (JSONL) or row (Parquet) of the input
-        ("id", pa.string()),  # the input's `id`; null when it gives none (see `row_key`)
+        ("id", pa.string()),  # the input's `id` as text (`4` is "4"); null when it gives none
         ("question", pa.string()),
         ("error", pa.string()),  # why the row cannot be answered; null when it can
     ]
@@ -114,7 +117,7 @@ def _fields(item: dict[str, Any]) -> dict[str, Any]:
     """`id`, `question` and the first `error` of one parsed row; text that is not valid
     Unicode is kept printable (it must still be written out), and such an id is no id."""
     fields: dict[str, Any] = {"id": None, "question": None, "error": None}
-    given = None if item.get("id") is None else str(item["id"])
+    given = _id_text(item.get("id"))
     if given is not None and (problem := unicode_problem(given)):
         fields["error"] = f"`id` is {problem}"
     else:
@@ -127,6 +130,14 @@ def _fields(item: dict[str, Any]) -> dict[str, Any]:
     else:
         fields["question"] = question
     return fields
+
+
+def _id_text(value: Any) -> str | None:
+    """An id as the text records carry: a string as it is, any other JSON value as JSON (the
+    number `4` is the id "4", the same id as the string "4")."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _checked(rows: list[dict[str, Any]], max_chars: int) -> list[dict[str, Any]]:
@@ -142,12 +153,6 @@ def _checked(rows: list[dict[str, Any]], max_chars: int) -> list[dict[str, Any]]
         if row["id"] is not None:
             seen.add(row["id"])
     return rows
-
-
-def row_key(row: dict[str, Any]) -> str | int:
-    """What identifies a row (or its record) across runs: the id it gave, else its row number.
-    An id is a string and a row number an int, so one can never be taken for the other."""
-    return row["row"] if row["id"] is None else row["id"]
 
 
 def invalid_record(row: dict[str, Any]) -> dict[str, Any]:
@@ -204,21 +209,66 @@ def read_records(out_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
-def final_records(out_dir: Path) -> dict[str | int, dict[str, Any]]:
-    """One record per row, by `row_key`: a row retried by `--resume` after a failure has both
+def final_records(out_dir: Path) -> dict[int, dict[str, Any]]:
+    """One record per row number: a row retried by `--resume` after a failure has both
     records on disk (parts are never rewritten); the settled one wins."""
-    final: dict[str | int, dict[str, Any]] = {}
+    final: dict[int, dict[str, Any]] = {}
     for record in read_records(out_dir):
-        key = row_key(record)
-        if key not in final or record["status"] != FAILED:
-            final[key] = record
+        if record["row"] not in final or record["status"] != FAILED:
+            final[record["row"]] = record
     return final
 
 
-def settled_keys(out_dir: Path) -> set[str | int]:
-    """The rows (`row_key`) a resumed run skips: answered, or invalid (the same input fails the
+def settled_rows(out_dir: Path) -> set[int]:
+    """The row numbers a resumed run skips: answered, or invalid (the same input fails the
     same way). Rows that failed while answering are tried again."""
-    return {row_key(r) for r in read_records(out_dir) if r["status"] in (OK, INVALID)}
+    return {r["row"] for r in read_records(out_dir) if r["status"] in (OK, INVALID)}
+
+
+class ResumeError(ValueError):
+    """`--out` holds records that were not written for this questions file."""
+
+
+def check_resumable(questions: pa.Table, out_dir: Path, resume: bool = True) -> None:
+    """Raise `ResumeError` unless every record in `out_dir` belongs to its row of `questions`
+    (same row number, id and question): records are matched to rows by number, so a file
+    edited since (a row added, removed or changed) must not be resumed into the same folder.
+    Without `resume`, `out_dir` must hold no record at all (a second run would answer every
+    row a second time)."""
+    records = read_records(out_dir)
+    if records and not resume:
+        raise ResumeError(
+            f"{out_dir} already holds {len(records)} records of an earlier run: "
+            "--resume it, or use a new --out folder"
+        )
+    rows = {row["row"]: row for row in questions.select(["row", "id", "question"]).to_pylist()}
+    for record in records:
+        row = rows.get(record["row"])
+        if row is None or (row["id"], row["question"]) != (record["id"], record["question"]):
+            found = "no such row" if row is None else f"id {row['id']!r}: {row['question']!r}"
+            raise ResumeError(
+                f"{out_dir} holds a record for row {record['row']} (id {record['id']!r}: "
+                f"{record['question']!r}) but the questions file has {found}: it was written "
+                "for another version of the file; use a new --out folder"
+            )
+
+
+def missing_records(questions: pa.Table, out_dir: Path) -> list[str]:
+    """What keeps `out_dir` from holding exactly one final record per row of `questions`
+    (empty when it does): a row with no record, or with two settled ones."""
+    settled: dict[int, int] = {}
+    seen: set[int] = set()
+    for record in read_records(out_dir):
+        seen.add(record["row"])
+        if record["status"] != FAILED:
+            settled[record["row"]] = settled.get(record["row"], 0) + 1
+    problems = []
+    for row in questions.column("row").to_pylist():
+        if row not in seen:
+            problems.append(f"row {row} has no record")
+        elif settled.get(row, 0) > 1:
+            problems.append(f"row {row} has {settled[row]} settled records")
+    return problems
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """What each Generator replica counts itself, shown at the ingress's `/metrics` with a `replica`
 label: its batch (named as vLLM names them, `vllm:` -> `lookahead_rag:`, so a vLLM dashboard
-needs only that prefix change) and its n-gram sync (`lookahead_rag_ngram_*`).
+needs only that prefix change), its n-gram sync (`lookahead_rag_ngram_*`) and the model it runs
+(`lookahead_rag:model_info`, 1 with the model, dtype and device as labels).
 
 The figures ride on each request's `Started` and `Finished` events (`pipeline.wire.ReplicaMetrics`)
 and are the replica's own: counters stay cumulative, gauges are as of its latest event.
@@ -92,7 +93,25 @@ class ReplicaCollector(Collector):
             snapshots = [snapshot for _, (_, snapshot) in sorted(self._latest.items())]
         sync = [s for s in snapshots if s.sync is not None]
         serving = [s for s in snapshots if s.serving is not None]
-        return [*(_sync_families(sync) if sync else ()), *_serving_families(serving)]
+        models = [s for s in snapshots if s.model is not None]
+        return [
+            *(_sync_families(sync) if sync else ()),
+            *_serving_families(serving),
+            *(_model_families(models) if models else ()),
+        ]
+
+
+def _model_families(snapshots: list[ReplicaMetrics]) -> list[Metric]:
+    """An info metric (always 1): which model, dtype and device each replica runs."""
+    family = GaugeMetricFamily(
+        SERVING_PREFIX + "model_info",
+        "the model a replica runs; dtype is what model.dtype (auto: per device) chose",
+        labels=["replica", "model", "dtype", "device"],
+    )
+    for snapshot in snapshots:
+        info = snapshot.model
+        family.add_metric([snapshot.replica, info.name, info.dtype, info.device], 1.0)
+    return [family]
 
 
 def _sync_families(snapshots: list[ReplicaMetrics]) -> list[Metric]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers as tf
 
-from generation.models import _default_model_dir
+from generation.models import bundled_dir
 from pipeline.commands.cli import main
 
 ROWS = [
@@ -22,7 +22,7 @@ ROWS = [
 def saved_model(tmp_path_factory):
     """A two-layer float64 Llama with the default tokenizer, saved like a real checkpoint."""
     path = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = tf.AutoTokenizer.from_pretrained(_default_model_dir())
+    tokenizer = tf.AutoTokenizer.from_pretrained(bundled_dir())
     config = tf.LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,

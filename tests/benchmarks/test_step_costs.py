@@ -7,6 +7,7 @@ import math
 import pytest
 from benchhelpers import is_rounded_ratio
 
+from generation.models import auto_dtype
 from pipeline.commands.cli import main
 
 KEYS = {"device", "batch", "model", "dtype", "threads", "context_len", "speedups", "t_ms"}
@@ -23,19 +24,20 @@ def half_unit(t: float) -> float:
 
 def bench_steps(capsys, model, *options) -> tuple[dict, dict[str, list[str]]]:
     """The JSON last line, and each table (label line first) by its set-up's label."""
-    argv = ["bench-steps", "--model", str(model), "--qs", "16,1", "--repeats", "2"]
-    assert main([*argv, "--warmup", "0", "--context-len", "24", "--threads", "1", *options]) == 0
+    argv = ["bench-steps", "--model", str(model), "--qs", "16,1", "--repeats", "2", "--warmup", "0"]
+    options = ("--dtype", "float32", *options)  # a later --dtype wins
+    assert main([*argv, "--context-len", "24", "--threads", "1", *options]) == 0
     *tables, last = capsys.readouterr().out.strip().split("\n\n")
     return json.loads(last), {t.split(":", 1)[0]: t.splitlines() for t in tables}
 
 
-def check_setup(summary: dict, lines: list[str], label: str, model) -> None:
+def check_setup(summary: dict, lines: list[str], label: str, model, dtype: str = "float32") -> None:
     """One set-up's JSON object against the command's options and its printed table."""
     assert summary["model"] == str(model)
-    assert (summary["device"], summary["dtype"], summary["threads"]) == ("cpu", "float32", 1)
+    assert (summary["device"], summary["dtype"], summary["threads"]) == ("cpu", dtype, 1)
     assert summary["context_len"] == 24
     assert lines[0] == (
-        f"{label}: {model} torch.float32 on cpu, 1 threads, "
+        f"{label}: {model} torch.{dtype} on cpu, 1 threads, "
         f"speed-ups: {', '.join(summary['speedups']) or 'none'}"
     )
     t = summary["t_ms"]
@@ -83,6 +85,22 @@ def test_bench_steps_at_a_batch_size(capsys, saved_model):
     result, tables = bench_steps(capsys, saved_model, "--batch", "3")
     assert result["batch"] == 3
     check_setup(result, tables["fast"], "fast", saved_model)
+
+
+def test_bench_steps_vs_another_dtype(capsys, saved_model):
+    """`--vs-dtype`: the same model in a second dtype, interleaved, and t(q) ratios to it; the
+    default dtype is what the engine loads ("auto")."""
+    result, tables = bench_steps(capsys, saved_model, "--dtype", "auto", "--vs-dtype", "float64")
+    assert set(result) == {*KEYS, "vs_dtype", "ratio_vs_dtype"}
+    other = result.pop("vs_dtype")
+    assert list(tables) == ["fast", "vs_dtype"]
+    check_setup(result, tables["fast"], "fast", saved_model, auto_dtype("cpu"))
+    check_setup(other, tables["vs_dtype"], "vs_dtype", saved_model, "float64")
+    ratios = result.pop("ratio_vs_dtype")
+    assert set(ratios) == {"1", "16"}
+    for q, ratio in ratios.items():
+        t, u = result["t_ms"][q], other["t_ms"][q]
+        assert is_rounded_ratio(ratio, t, u, half_unit(t), half_unit(u), RATIO_ERR)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""The real default model (float32): lookahead equals plain greedy on RAG-style prompts."""
+"""The real default model in float32 (whatever `auto` picks on this machine): lookahead equals
+plain greedy on RAG-style prompts."""
 
 import numpy as np
 import pytest
@@ -29,7 +30,9 @@ pytestmark = pytest.mark.slow
 def engine():
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the real model's GEMMs do use both cores
-    yield LookaheadGenerator(load_model(), LookaheadConfig(max_new_tokens=40, draft_size=16))
+    yield LookaheadGenerator(
+        load_model(dtype="float32"), LookaheadConfig(max_new_tokens=40, draft_size=16)
+    )
     torch.set_num_threads(threads)
 
 
@@ -61,7 +64,7 @@ PROMPTS = [
 def test_real_model_float32_greedy_identity():
     """The default model with the speed-ups: generate() gives stock transformers' tokens, and a
     16-node tree holding the greedy answer (among decoys) verifies to those same tokens."""
-    fast, stock = load_model(), load_model(fast_kernels=False)
+    fast, stock = load_model(dtype="float32"), load_model(dtype="float32", fast_kernels=False)
     assert fast.speedups == ("packed_linear", SDPA_GQA)
     for text in PROMPTS:
         ids = fast.tokenizer.apply_chat_template(
@@ -97,7 +100,7 @@ def test_a_batch_of_rag_prompts_gives_each_its_greedy_answer():
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        engine = LookaheadGenerator(load_model(), LookaheadConfig(draft_size=0))
+        engine = LookaheadGenerator(load_model(dtype="float32"), LookaheadConfig(draft_size=0))
         model = engine.lm.model
         prompts = [engine.encode(f"Passage: {PASSAGE}\n\nQuestion: {q}") for q in QUESTIONS]
         references = []

@@ -7,10 +7,11 @@ SMALL_CORPUS = ("json", "functools", "subprocess", "pathlib", "csv", "itertools"
 
 @pytest.fixture(scope="session")
 def lm():
-    """The real default model (converted once, then loaded in well under a second)."""
+    """The real default model (converted once, then loaded in well under a second), in float32
+    on any machine (answers are compared token for token; see `servehelpers`)."""
     from generation.models import load_model
 
-    return load_model()
+    return load_model(dtype="float32")
 
 
 @pytest.fixture(scope="session")

@@ -60,3 +60,26 @@ def test_the_redis_url_is_a_secret(app_environment):
     assert config.ngrams.redis_url.get_secret_value().startswith("rediss://:s3cret@")
     assert "s3cret" not in repr(config)
     assert "s3cret" not in str(config.model_dump())
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_a_model_without_a_chat_template_is_prompted_as_a_completion_that_stops(tokenizer, chat):
+    from genhelpers import tiny_model
+    from transformers import AutoTokenizer
+
+    from generation import LoadedModel
+
+    own = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    if not chat:
+        own.chat_template = None
+    model = tiny_model("llama", vocab=len(own), eos=own.eos_token_id)
+    answerer = Answerer.from_model(LoadedModel(model, own, "tiny"), SETTINGS)
+    job = GenerationJob(messages=({"role": "user", "content": "Who ran?"},), stop=("END",))
+    prepared = answerer.prepare(job)
+    text = own.decode(prepared.token_ids)
+    if chat:
+        assert prepared.config.stop == ("END",)
+        assert "<|im_start|>user\nWho ran?" in text
+    else:
+        assert prepared.config.stop == ("END", "\nQuestion:")
+        assert text == "Question: Who ran?\nAnswer:"

