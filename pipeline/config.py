@@ -31,6 +31,9 @@ from generation.defaults import DEFAULT_MODEL, DTYPE_SETTINGS, MAX_DRAFT_SIZE, b
 from trie_store.sharing.sync import SyncConfig
 
 ENV_PREFIX = "LOOKAHEAD_RAG__"
+# Passages in the prompt: by document and position (requests retrieving the same passages share
+# the whole context, so its KV is reused), or best first.
+PassageOrder = Literal["document", "score"]
 
 
 class _Section(BaseModel):
@@ -61,6 +64,11 @@ class GenerationSection(_Section):
     max_draft: int = Field(MAX_DRAFT_SIZE, ge=0)  # upper bound on drafted nodes per step
     # Sequences a Generator (or a batch actor) decodes together; auto: 8 on CPU, 32 on a GPU.
     max_batch: PositiveInt | Literal["auto"] = "auto"
+    # Reuse the KV of prompt prefixes computed before (exact: same tokens, same positions), up
+    # to prefix_cache_bytes per replica; auto: 1 GiB on CPU, 4 GiB on a GPU.
+    prefix_cache: bool = True
+    prefix_cache_bytes: PositiveInt | Literal["auto"] = "auto"
+    passage_order: PassageOrder = "document"  # see pipeline.prompt; docs/architecture.md why
 
 
 class NgramsSection(_Section):

@@ -41,6 +41,7 @@ class JobRequest:
     stop: tuple[str, ...] = ()
     rag: bool = True  # False: no retrieval at all
     lookahead: bool = True  # False: plain decoding (also when the settings turn it off)
+    prefix_cache: bool = True  # False: no prefix KV reuse (also when the settings turn it off)
     temperature: float = 0.0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
@@ -109,6 +110,7 @@ def plan_job(request: JobRequest, config: Config) -> Plan:
         max_tokens=max_tokens,
         stop=tuple(request.stop),
         lookahead=request.lookahead and config.generation.lookahead,
+        prefix_cache=request.prefix_cache and config.generation.prefix_cache,
         temperature=request.temperature if request.temperature >= MIN_TEMPERATURE else 0.0,
         top_p=request.top_p,
         repetition_penalty=request.repetition_penalty,

@@ -31,6 +31,7 @@ class GenerationJob:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     lookahead: bool = True
+    prefix_cache: bool = True  # False: its prompt neither reuses cached KV nor is cached
     # Sampling (`generation.SamplingParams`); the defaults are greedy decoding.
     temperature: float = 0.0
     top_p: float = 1.0
@@ -78,6 +79,17 @@ QUEUE_BOUNDS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)  # se
 
 
 @dataclass(frozen=True)
+class PrefixCacheCounts:
+    """A replica's prefix cache as vLLM counts it: prompt tokens looked up and served from it,
+    blocks evicted (counters), and its size in bytes now."""
+
+    queries: int = 0
+    hits: int = 0
+    evictions: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
 class ServingStats:
     """A Generator replica's batch: its load now and its decoding so far (counters only grow).
 
@@ -93,6 +105,7 @@ class ServingStats:
     draft_tokens: int = 0
     accepted_tokens: int = 0
     accepted_per_position: tuple[int, ...] = ()
+    prefix_cache: PrefixCacheCounts | None = None  # None: the replica has no prefix cache
 
 
 @dataclass(frozen=True)
@@ -149,6 +162,7 @@ class AnswerStats:
     accepted_tokens: int  # drafted nodes accepted, all steps
     decode_seconds: float  # prefill and every step
     lookahead: bool
+    cached_prompt_tokens: int = 0  # prompt tokens whose KV the prefix cache served
 
 
 @dataclass(frozen=True)

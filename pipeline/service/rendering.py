@@ -22,6 +22,7 @@ from pipeline.service.schemas import (
     ChatCompletion,
     Completion,
     CompletionChoice,
+    PromptTokensDetails,
     RagResponse,
     Usage,
 )
@@ -29,11 +30,14 @@ from pipeline.wire import Answer, Delta, Event, Started
 
 
 def usage(answer: Answer) -> Usage:
-    completion = answer.finished.completion_tokens if answer.finished else 0
+    finished = answer.finished
+    completion = finished.completion_tokens if finished else 0
+    cached = finished.stats.cached_prompt_tokens if finished else 0
     return Usage(
         prompt_tokens=answer.prompt_tokens,
         completion_tokens=completion,
         total_tokens=answer.prompt_tokens + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
     )
 
 

@@ -1,7 +1,7 @@
 """What each Generator replica counts itself, shown at the ingress's `/metrics` with a `replica`
-label: its batch (named as vLLM names them, `vllm:` -> `lookahead_rag:`, so a vLLM dashboard
-needs only that prefix change), its n-gram sync (`lookahead_rag_ngram_*`) and the model it runs
-(`lookahead_rag:model_info`, 1 with the model, dtype and device as labels).
+label: its batch and its prefix cache (named as vLLM names them, `vllm:` -> `lookahead_rag:`, so
+a vLLM dashboard needs only that prefix change), its n-gram sync (`lookahead_rag_ngram_*`) and
+the model it runs (`lookahead_rag:model_info`, 1 with the model, dtype and device as labels).
 
 The figures ride on each request's `Started` and `Finished` events (`pipeline.wire.ReplicaMetrics`)
 and are the replica's own: counters stay cumulative, gauges are as of its latest event.
@@ -67,6 +67,13 @@ _SERVING_METRICS = {
     "drafts": ("spec_decode_num_drafts", "counter", "drafts verified (one sequence, one step)"),
     "draft_tokens": ("spec_decode_num_draft_tokens", "counter", "drafted tokens verified"),
     "accepted_tokens": ("spec_decode_num_accepted_tokens", "counter", "drafted tokens accepted"),
+}
+# `PrefixCacheCounts` field -> (vLLM's name, type, help).
+_PREFIX_CACHE_METRICS = {
+    "queries": ("prefix_cache_queries", "counter", "prompt tokens looked up in the prefix cache"),
+    "hits": ("prefix_cache_hits", "counter", "prompt tokens whose KV the prefix cache served"),
+    "evictions": ("prefix_cache_evictions", "counter", "KV blocks evicted from the prefix cache"),
+    "bytes": ("prefix_cache_bytes", "gauge", "bytes of KV the prefix cache holds"),
 }
 _PER_POSITION = (
     "spec_decode_num_accepted_tokens_per_pos",
@@ -149,6 +156,15 @@ def _serving_families(snapshots: list[ReplicaMetrics]) -> list[Metric]:
             else:
                 family.add_metric([snapshot.replica], float(value))
         families.append(family)
+    cached = [s for s in snapshots if s.serving.prefix_cache is not None]
+    for field, (name, kind, documentation) in _PREFIX_CACHE_METRICS.items():
+        family = kinds[kind](SERVING_PREFIX + name, documentation, labels=["replica"])
+        for snapshot in cached:
+            family.add_metric(
+                [snapshot.replica], float(getattr(snapshot.serving.prefix_cache, field))
+            )
+        if cached:
+            families.append(family)
     name, documentation = _PER_POSITION
     family = CounterMetricFamily(
         SERVING_PREFIX + name, documentation, labels=["replica", "position"]

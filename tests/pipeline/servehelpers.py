@@ -410,6 +410,7 @@ def sse_payloads(text: str) -> list:
 class Passage:
     def __init__(self, i):
         self.id, self.title, self.source, self.score = f"p{i}", f"T{i}", "stdlib", 1 / (i + 1)
+        self.doc_id, self.start = f"d{i}", 0
         self.text = f"passage {i}"
 
 
@@ -452,7 +453,8 @@ class StandIn:
         if self.fail == "hang":
             await asyncio.Event().wait()
         yield Delta(" json.loads.", 3, 2)
-        yield Finished("stop", 5, AnswerStats(3, 5 / 3, 12, 2, 0.25, job.lookahead))
+        cached = 4 if job.prefix_cache else 0  # prompt tokens a prefix cache would serve
+        yield Finished("stop", 5, AnswerStats(3, 5 / 3, 12, 2, 0.25, job.lookahead, cached))
 
     async def check(self):
         if self.fail == "check":

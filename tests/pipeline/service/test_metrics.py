@@ -11,6 +11,7 @@ from pipeline.wire import (
     AnswerStats,
     Finished,
     ModelInfo,
+    PrefixCacheCounts,
     ReplicaMetrics,
     ServingStats,
     Started,
@@ -116,6 +117,30 @@ def test_a_replicas_batch_is_shown_under_vllms_names():
     assert samples[(queue + "_bucket", (("le", "0.05"), *a))] == 1
     # No n-gram sync figures came with it: none are shown.
     assert not any(name.startswith("lookahead_rag_ngram_") for name, _ in samples)
+
+
+def test_a_replicas_prefix_cache_is_shown_under_vllms_names_and_one_without_shows_none():
+    cached = ServingStats(
+        prefix_cache=PrefixCacheCounts(queries=900, hits=512, evictions=3, bytes=7)
+    )
+    metrics = Metrics()
+    metrics.trace("/v1/rag", 0.0).on_start(Started(7, (), ReplicaMetrics("a:1", serving=cached)))
+    metrics.trace("/v1/rag", 0.0).on_start(
+        Started(7, (), ReplicaMetrics("b:2", serving=ServingStats()))
+    )
+    samples = _samples(metrics)
+    a, b = (("replica", "a:1"),), (("replica", "b:2"),)
+    assert samples[("lookahead_rag:prefix_cache_queries_total", a)] == 900
+    assert samples[("lookahead_rag:prefix_cache_hits_total", a)] == 512
+    assert samples[("lookahead_rag:prefix_cache_evictions_total", a)] == 3
+    assert samples[("lookahead_rag:prefix_cache_bytes", a)] == 7
+    assert samples[("lookahead_rag:num_requests_running", b)] == 0
+    assert not any(name.startswith("lookahead_rag:prefix_cache") for name, r in samples if r == b)
+    alone = Metrics()
+    alone.trace("/v1/rag", 0.0).on_start(
+        Started(7, (), ReplicaMetrics("b:2", serving=ServingStats()))
+    )
+    assert not any("prefix_cache" in name for name, _ in _samples(alone))
 
 
 def test_each_replica_says_which_model_it_runs_and_in_which_dtype():

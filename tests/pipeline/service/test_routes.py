@@ -45,7 +45,13 @@ def test_rag_answer_with_sources_usage_and_stats(client, backend):
     body = response.json()
     assert body["answer"] == "Use json.loads."
     assert [s["id"] for s in body["sources"]] == ["p0", "p1"]
-    assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+    assert body["usage"] == {
+        "prompt_tokens": 7,
+        "completion_tokens": 5,
+        "total_tokens": 12,
+        "prompt_tokens_details": {"cached_tokens": 4},
+    }
+    assert body["stats"]["cached_prompt_tokens"] == 4
     assert body["stats"]["tokens_per_step"] == pytest.approx(5 / 3, abs=1e-3)
     assert body["id"] == response.headers["x-request-id"]
     (job,) = backend.jobs
@@ -60,6 +66,18 @@ def test_retrieval_can_be_turned_off_and_lookahead_too(client, backend):
     no_rag, plain = backend.jobs
     assert no_rag.passages == ()
     assert plain.lookahead is False
+    assert no_rag.prefix_cache is plain.prefix_cache is True
+
+
+def test_prefix_reuse_can_be_turned_off_per_request_and_usage_says_what_was_cached(client, backend):
+    body = {"model": MODEL, "messages": USER, "prefix_cache": False}
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.json()["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+    client.post("/v1/completions", json={"model": MODEL, "prompt": "json", "prefix_cache": False})
+    client.post("/v1/rag", json={"question": "q", "prefix_cache": False})
+    assert [job.prefix_cache for job in backend.jobs] == [False, False, False]
+    refused = client.post("/v1/rag", json={"question": "q", "prefix_cache": "no"})
+    assert refused.status_code == 400  # strict: a string is not a bool
 
 
 def test_sampling_settings_reach_the_generator(client, backend):
@@ -119,6 +137,7 @@ def test_chat_stream_has_role_first_finish_last_and_optional_usage(client):
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"]["total_tokens"] == 12
+    assert chunks[-1]["usage"]["prompt_tokens_details"] == {"cached_tokens": 4}
 
 
 @pytest.mark.parametrize("part", ["retrieve", "start"])
