@@ -167,6 +167,10 @@ class BatchDecoder:
         """Sequences queued for a row."""
         return len(self._waiting)
 
+    def is_waiting(self, handle: int) -> bool:
+        """Whether the sequence is still queued for a row (not yet prefilling or decoding)."""
+        return any(sequence.handle == handle for sequence in self._waiting)
+
     @property
     def free(self) -> int:
         """Sequences that can be added now and still get a row at the next step."""

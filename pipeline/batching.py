@@ -97,6 +97,10 @@ class AnswerBatch:
         self._jobs[handle] = _Job(prepared, request.stats)
         return handle, self.answerer.started(prepared, self.serving())
 
+    def queued(self, handle: int) -> bool:
+        """Whether the job still waits for a row (it has not begun prefilling)."""
+        return self.decoder.is_waiting(handle)
+
     def cancel(self, handle: int) -> None:
         """Drop a job, queued or decoding: its row is free for the next step."""
         if self._jobs.pop(handle, None) is not None:

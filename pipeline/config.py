@@ -93,6 +93,15 @@ class LimitsSection(_Section):
     # Requests a Generator replica keeps waiting for a batch row; past them: 503 + Retry-After.
     max_queued: int = Field(32, ge=0)
     retry_after_s: float = Field(1.0, gt=0)  # what a refused client is told to wait
+    # How long a request may wait for a Generator replica to take it, and then for a batch row;
+    # past it, 503 `queue_timeout` (an error event once its stream has begun).
+    max_queue_wait_s: float = Field(60.0, gt=0)
+    # A stream with nothing to send for this long gets an SSE comment (keep-alive); a streamed
+    # request admitted but not started within it gets its response headers then.
+    keepalive_s: float = Field(5.0, gt=0)
+    # A connection must send a request's whole header block within this (else it is closed,
+    # with a 408): kept by the Serve proxy of a local Ray (`pipeline.header_deadline`).
+    header_timeout_s: float = Field(10.0, gt=0)
 
 
 class DeploymentSection(_Section):

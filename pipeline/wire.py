@@ -1,5 +1,7 @@
-"""What crosses between the ingress and the Generator: a `GenerationJob` one way; `Started`, then
-`Delta`s, then `Finished` back.
+"""What crosses between the ingress and the Generator: a `GenerationJob` one way; back, from a
+Serve Generator replica, `Admitted` (at once), `Started`, `Queued` (only while it waits for a batch
+row), then `Delta`s, then `Finished`; in-process and batch paths send `Started`, `Delta`s,
+`Finished`.
 
 The same types flow in-process (`RagPipeline.stream`) and across Ray, so they are small frozen
 dataclasses that pickle cheaply, in a module that imports neither torch nor Ray. The HTTP
@@ -132,6 +134,22 @@ class ReplicaMetrics:
 
 
 @dataclass(frozen=True)
+class Admitted:
+    """The Generator replica took the request (it will decode it or keep it queued), sent the
+    moment it passes the replica's gate, before the request is prepared: a client hears within
+    a moment that it was admitted, even while the model thread is busy with a long step."""
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The request waits for a batch row: `ahead` requests get one before it, and it leaves the
+    queue with `QueueTimeoutError` if it has none after `max_wait_s` (from its admission)."""
+
+    ahead: int
+    max_wait_s: float
+
+
+@dataclass(frozen=True)
 class Started:
     prompt_tokens: int
     sources: tuple[SourceRef, ...]
@@ -173,7 +191,7 @@ class Finished:
     replica: ReplicaMetrics | None = None
 
 
-Event = Started | Delta | Finished
+Event = Admitted | Started | Queued | Delta | Finished
 
 
 @dataclass
@@ -190,7 +208,7 @@ class Answer:
             self.prompt_tokens, self.sources = event.prompt_tokens, event.sources
         elif isinstance(event, Delta):
             self.text += event.text
-        else:
+        elif isinstance(event, Finished):
             self.finished = event
 
     @classmethod

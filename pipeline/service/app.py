@@ -5,7 +5,8 @@ composed with a Retriever and a Generator deployment through `DeploymentHandle`s
   call) and searches the FAISS index.
 - Generator: holds the model; its `BatchScheduler` decodes every admitted request in one
   continuous batch (one forward pass per step for all), queues the rest up to
-  `limits.max_queued` and refuses beyond that with 503 + Retry-After.
+  `limits.max_queued` (each for `limits.max_queue_wait_s` at most) and refuses beyond that with
+  503 + Retry-After.
 - Ingress: validation, retrieval -> generation, JSON or SSE, metrics.
 
 Heavy imports (torch, faiss) happen inside the Retriever and Generator only, so the ingress
@@ -61,7 +62,9 @@ class Generator:
         from pipeline.batching import load_batch
 
         limits = config.limits
-        self.scheduler = BatchScheduler(limits.max_queued, limits.retry_after_s)
+        self.scheduler = BatchScheduler(
+            limits.max_queued, limits.retry_after_s, limits.max_queue_wait_s
+        )
         # On the thread that will run every step (see BatchScheduler.call).
         self.batch = self.scheduler.start(partial(load_batch, config))
 

@@ -39,12 +39,13 @@ def serve_app(small_index_dir, session_redis, tmp_path_factory):
     """One Ray + Serve app for every HTTP test of the session, deployed as on a cluster: two
     Generator replicas (one CPU, one torch thread each; batches of `MAX_BATCH` with `MAX_QUEUED`
     waiting) sharing n-grams through a real Redis, syncing every second, callers let in by an
-    API key from a key file (`servehelpers.AUTH`), a body deadline of a few seconds. Afterwards
-    no Ray process of ours may be left (checked by PID)."""
+    API key from a key file (`servehelpers.AUTH`), header and body deadlines of a few seconds.
+    Afterwards no Ray process of ours may be left (checked by PID)."""
     from servehelpers import (
         API_KEY,
         BODY_TIMEOUT_S,
         GENERATOR_REPLICAS,
+        HEADER_TIMEOUT_S,
         MAX_BATCH,
         MAX_QUEUED,
         small_limits_config,
@@ -60,6 +61,7 @@ def serve_app(small_index_dir, session_redis, tmp_path_factory):
         **{
             "server.api_key_file": str(key_file),
             "limits.body_timeout_s": BODY_TIMEOUT_S,
+            "limits.header_timeout_s": HEADER_TIMEOUT_S,
             "retrieval.index_dir": str(small_index_dir),
             "generation.max_tokens": 24,
             "server.port": free_port(),

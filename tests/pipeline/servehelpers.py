@@ -10,8 +10,22 @@ from typing import Any
 import httpx
 
 from pipeline.config import load_config
-from pipeline.service.errors import BackendUnavailableError, QueueFullError, ReplicaDiedError
-from pipeline.wire import AnswerStats, Delta, Finished, SourceRef, Started
+from pipeline.service.errors import (
+    BackendUnavailableError,
+    QueueFullError,
+    QueueTimeoutError,
+    ReplicaDiedError,
+)
+from pipeline.wire import (
+    Admitted,
+    AnswerStats,
+    ContextTooLongError,
+    Delta,
+    Finished,
+    Queued,
+    SourceRef,
+    Started,
+)
 
 # Small limits keep the oversize cases cheap to send.
 MAX_INPUT_CHARS = 2000
@@ -23,6 +37,7 @@ HELD_TOKENS = 256  # the longest answer a request may ask for (limits.max_tokens
 API_KEY = "sk-test-0123456789"  # the session's Serve app lets this key in
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 BODY_TIMEOUT_S = 3.0  # the session's Serve app: a body must arrive within this
+HEADER_TIMEOUT_S = 2.0  # ... and a request's headers within this
 # Asked of the service, of `lookahead-rag ask` in-process and of a batch job: one answer each.
 ONE_PATH_QUESTIONS = ("How do I parse a JSON string?", "What does functools.partial do?")
 
@@ -120,7 +135,7 @@ BAD_REQUESTS = [
         "/v1/rag",
         413,
         "input_too_long",
-        "messages",
+        "question",  # issue 22: the field /v1/rag has, not the chat messages it becomes
         json={"question": "x" * (MAX_INPUT_CHARS + 1)},
     ),
     Bad(
@@ -415,10 +430,15 @@ class Passage:
 
 
 class StandIn:
-    """Replays a fixed answer; `fail` makes a part raise at a chosen point: "retrieve", "start",
-    "midway", "check", "bug" (a plain exception), "died-at-start" / "died-midway" (the replica
-    dies, on the first job only), "hang" (never finishes after two steps), "full" (the
-    Generator's wait queue is full)."""
+    """Replays a fixed answer as a Generator replica sends it (`Admitted` first); `fail` makes
+    a part raise at a chosen point: "retrieve", "start", "midway", "check", "bug" (a plain
+    exception), "died-at-start" / "died-midway" (the replica dies, on the first job only),
+    "hang" (never finishes after two steps), "full" (the Generator's wait queue is full),
+    "too-long" (the prompt cannot fit), "never-admitted" (no replica takes it), "queued" (waits
+    for a batch row behind 2 others, then decodes), "slow-start" (admitted, not started for
+    `SLOW_START_S`), "queue-timeout" (never gets a row)."""
+
+    SLOW_START_S = 0.6
 
     def __init__(self):
         self.jobs = []
@@ -440,10 +460,22 @@ class StandIn:
             raise QueueFullError("the generator is at capacity; retry in 2.5 s", 2.5)
         if self.fail == "died-at-start" and first:
             raise ReplicaDiedError("the generator is unavailable: ActorDiedError")
+        if self.fail == "never-admitted":
+            await asyncio.Event().wait()
+        yield Admitted()
+        if self.fail == "too-long":
+            raise ContextTooLongError("the request alone does not fit the context budget")
+        if self.fail == "slow-start":
+            await asyncio.sleep(self.SLOW_START_S)
         passages = job.passages[:2]
         yield Started(
             7, tuple(SourceRef(p.id, p.title, p.source, p.score, p.text) for p in passages)
         )
+        if self.fail in ("queued", "queue-timeout"):
+            yield Queued(2, 0.5)
+            await asyncio.sleep(0.3)
+        if self.fail == "queue-timeout":
+            raise QueueTimeoutError("no batch row came free within 0.5 s; retry in 2 s", 2.0)
         yield Delta("Use", 1, 0)
         yield Delta("", 1, 0)  # a step whose text is held back
         if self.fail == "midway":

@@ -161,3 +161,40 @@ def test_a_tally_counts_each_value_in_its_bucket():
     assert tally.counts == (2, 1, 1, 1)
     assert tally.count == 5
     assert tally.total == 16
+
+
+def test_a_replica_none_of_our_requests_is_on_shows_no_load_not_its_last_busy_moment():
+    """Issue 22: a replica sends figures only with its requests' events, and a client that
+    leaves gets no `Finished`: once every request this ingress ran there has ended after its
+    latest figures, its running and waiting gauges read 0; its counters stay."""
+    metrics = Metrics()
+    a = (("replica", "a:1"),)
+    busy = ServingStats(running=4, waiting=3, drafts=9)
+
+    def start() -> object:
+        trace = metrics.trace("/v1/rag", 0.0)
+        trace.on_start(Started(7, (), ReplicaMetrics("a:1", serving=busy)))
+        return trace
+
+    def load() -> tuple:
+        samples = _samples(metrics)
+        return tuple(
+            samples[(f"lookahead_rag:{name}", a)]
+            for name in (
+                "num_requests_running",
+                "num_requests_waiting",
+                "spec_decode_num_drafts_total",
+            )
+        )
+
+    first, second = start(), start()
+    first.on_cancel()
+    first.on_end()  # the client left; the other request still runs there
+    assert load() == (4, 3, 9)
+    second.on_end()
+    assert load() == (0, 0, 9)
+    third = start()  # busy again: its fresh figures show
+    assert load() == (4, 3, 9)
+    third.on_finish(7, _finished(ReplicaMetrics("a:1", serving=ServingStats(running=1))))
+    third.on_end()
+    assert load() == (0, 0, 0)
