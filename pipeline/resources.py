@@ -35,14 +35,14 @@ def ensure_index(config: Config, progress: bool = True) -> Path:
     checksums) so that a bad one fails here, in seconds, rather than in a replica. The default
     location is built from `retrieval.corpus` first if it does not exist yet; an explicit
     `retrieval.index_dir` that does not exist is a FileNotFoundError saying how to build it."""
-    from retrieval import check_index_dir
+    from retrieval.versions import check_current
 
     path = index_dir(config)
     if not path.exists():  # retrieval writes index folders atomically: present means complete
         if config.retrieval.index_dir is not None:
             raise _missing(path, config)
         _build(config.retrieval.corpus, path, progress)
-    check_index_dir(path)
+    check_current(path)
     return path
 
 
@@ -53,14 +53,26 @@ def _build(corpus: str, path: Path, progress: bool) -> None:
     build_index(read_corpus(corpus), config=BuildConfig(progress=progress), out=path)
 
 
-def open_index(config: Config):
-    """The loaded index, or a FileNotFoundError that says how to make one."""
+def open_index(config: Config, version: int | None = None):
+    """`version` of the index (default: the current one), loaded, or a FileNotFoundError that
+    says how to make one."""
     from retrieval import load_index
 
+    return load_index(_existing(config), version=version)
+
+
+def open_live_index(config: Config):
+    """The index's current version, loaded, for a `LiveIndex.watch` to keep current."""
+    from retrieval import LiveIndex
+
+    return LiveIndex(_existing(config))
+
+
+def _existing(config: Config) -> Path:
     path = index_dir(config)
     if not path.exists():
         raise _missing(path, config)
-    return load_index(path)
+    return path
 
 
 def _missing(path: Path, config: Config) -> FileNotFoundError:

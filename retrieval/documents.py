@@ -1,10 +1,15 @@
-"""The two records retrieval passes around: a source `Document` and an indexed `Passage`."""
+"""The records retrieval passes around: a source `Document`, an indexed `Passage`, and `Changes`
+to an index by document id."""
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from retrieval.errors import ChangeError
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +56,23 @@ class Passage:
             "end": self.end,
             "metadata": self.metadata,
         }
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Documents to add (new ids) and update (ids indexed already), ids to delete: applied
+    together as one new index version (`retrieval.changes`)."""
+
+    add: Sequence[Document] = ()
+    update: Sequence[Document] = ()
+    delete: Sequence[str] = ()
+
+    def check(self) -> None:
+        """Errors of the change itself, before any index is read: nothing to do, an id given
+        twice, a document with no text."""
+        ids = [d.id for d in (*self.add, *self.update)] + list(self.delete)
+        if not ids:
+            raise ChangeError("no change: give documents to add or update, or ids to delete")
+        ChangeError.refuse([i for i, n in Counter(ids).items() if n > 1], "given more than once")
+        blank = [d.id for d in (*self.add, *self.update) if not d.text.strip()]
+        ChangeError.refuse(blank, "has no text (delete a document to remove it)")

@@ -19,3 +19,19 @@ class EmbedderLoadError(RetrievalError):
 
 class IndexFormatError(RetrievalError):
     """An index directory that is missing, corrupt, truncated, or built for something else."""
+
+
+class ChangeError(RetrievalError):
+    """A change that does not fit: an id given twice, added but indexed already with other
+    content, updated or deleted but not indexed, a document with no text."""
+
+    SHOWN = 5  # ids named in the message
+
+    @classmethod
+    def refuse(cls, ids: list[str], problem: str) -> None:
+        """Raise one naming `ids` (the first few) when there are any."""
+        if ids:
+            shown = ", ".join(map(repr, ids[: cls.SHOWN])) + (
+                " ..." if len(ids) > cls.SHOWN else ""
+            )
+            raise cls(f"{len(ids)} document(s) {problem}: {shown}")

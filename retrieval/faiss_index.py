@@ -8,6 +8,7 @@ factory string (`"HNSW64"`, `"IVF1024,Flat"`, ...) is passed through as is.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -104,6 +105,35 @@ def add_vectors(index: faiss.Index, vectors: np.ndarray) -> None:
                 f"cannot train the index on {len(vectors)} vectors: {_faiss_reason(exc)}"
             ) from exc
     index.add(vectors)
+
+
+def changed_copy(index: faiss.Index, keep: np.ndarray | None, vectors: np.ndarray) -> faiss.Index:
+    """A new index holding the rows `keep` of `index` (in order; None: all of them) followed by
+    `vectors`; `index` itself is left as it is, so searches on it may go on meanwhile.
+
+    Adding only copies the index and adds (HNSW grows its graph, IVF keeps its training).
+    Dropping rows rebuilds the copy from its own stored vectors, trained state kept, since
+    FAISS cannot remove rows from every index type: exact for Flat and HNSW, and for IVF-PQ
+    the kept vectors are re-encoded from their codes (a full `lookahead-rag index` rebuild
+    re-embeds them)."""
+    copy = faiss.clone_index(index)
+    if keep is not None and len(keep) < copy.ntotal:
+        kept = _stored_vectors(copy, np.asarray(keep, dtype=np.int64))
+        copy.reset()
+        if len(kept):
+            copy.add(kept)
+    if len(vectors):
+        add_vectors(copy, vectors)
+    return copy
+
+
+def _stored_vectors(index: faiss.Index, rows: np.ndarray) -> np.ndarray:
+    """The vectors `index` holds at `rows` (decoded, for a compressed index)."""
+    with contextlib.suppress(RuntimeError):  # not an IVF index: rows are addressable as they are
+        faiss.extract_index_ivf(index).make_direct_map()  # IVF: rows -> lists
+    if not len(rows):
+        return np.empty((0, index.d), dtype=np.float32)
+    return index.reconstruct_batch(rows)
 
 
 def set_search_params(index: faiss.Index, params: str) -> None:

@@ -3,10 +3,11 @@
 `build_index` chunks, embeds and indexes documents; `load_index` reopens a saved index with the
 embedder it was built with; `Index.search` answers one query or a batch. Query embedding and
 vector search are also separate steps (`embed_queries`, `search_vectors`), so a service can
-batch the encoder across requests. Searches may run concurrently; `add_documents` and `save`
-must not run alongside them.
+batch the encoder across requests. An `Index` is never changed once built: a change makes a new
+one (`retrieval.changes`), so searches run concurrently with anything. `publish` writes one as
+the next version of an index directory (`retrieval.versions`).
 
-The embedding step of a build or an add is pluggable (`EmbedPassages`): by default the
+The embedding step of a build or a change is pluggable (`EmbedPassages`): by default the
 embedder embeds in this process; `pipeline` passes one that fans the texts out to Ray actors
 (`lookahead-rag index --distributed`). Chunking, the index choice, training and the store stay
 here, so both ways build the same index.
@@ -15,6 +16,7 @@ here, so both ways build the same index.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -23,7 +25,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from retrieval import faiss_index, store
+from retrieval import faiss_index, store, versions
 from retrieval.chunking import check_chunking, chunk_documents
 from retrieval.corpus import check_unique_ids
 from retrieval.documents import Document, Passage
@@ -85,43 +87,14 @@ class Index:
             for row_scores, row_ids in zip(scores, rows, strict=True)
         ]
 
-    def add_documents(
-        self,
-        documents: Iterable[Document],
-        batch_size: int = 32,
-        progress: bool = False,
-        embed: EmbedPassages | None = None,
-    ) -> int:
-        """Index the documents not indexed yet, without a rebuild; returns the passages added.
-        A document already indexed with the same text is skipped; one whose text changed is
-        an error (FAISS cannot replace vectors in every index type: rebuild instead). `embed`
-        must use this index's embedder; by default it does, in this process."""
-        docs = list(documents)
-        check_unique_ids(docs)
-        changed = [d.id for d in docs if self.doc_shas.get(d.id, d.sha) != d.sha]
-        if changed:
-            raise CorpusError(
-                f"{len(changed)} document(s) changed since they were indexed (e.g. "
-                f"{changed[0]!r}); rebuild the index to replace them"
-            )
-        new = [d for d in docs if d.id not in self.doc_shas and d.text.strip()]
-        s = self.settings
-        passages = chunk_documents(new, self.embedder.tokenizer, s.chunk_tokens, s.chunk_overlap)
-        if passages:
-            embed = embed or partial(
-                self.embedder.embed_passages, batch_size=batch_size, progress=progress
-            )
-            vectors = embed_passages(passages, embed, self.vector_index.d)
-            faiss_index.add_vectors(self.vector_index, vectors)
-            self.passages.extend(passages)
-            self.doc_shas.update((d.id, d.sha) for d in new)
-        return len(passages)
-
     def save(self, path: str | Path) -> Path:
-        """Write the index directory atomically (see `retrieval.store`)."""
-        stored = store.StoredIndex(self.settings, self.vector_index, self.passages, self.doc_shas)
-        store.write_index_dir(path, stored)
+        """Write one unversioned index directory atomically (see `retrieval.store`); `publish`
+        writes a version instead."""
+        store.write_index_dir(path, self.stored())
         return Path(path)
+
+    def stored(self) -> store.StoredIndex:
+        return store.StoredIndex(self.settings, self.vector_index, self.passages, self.doc_shas)
 
 
 def build_index(
@@ -130,9 +103,11 @@ def build_index(
     config: BuildConfig | None = None,
     out: str | Path | None = None,
     embed: EmbedPassages | None = None,
+    keep: int = versions.DEFAULT_KEEP,
 ) -> Index:
-    """Chunk, embed and index `documents`; saved to `out` (atomically) when given. `embed`
-    must use `embedder`'s model (whose tokenizer chunks); by default `embedder` embeds here."""
+    """Chunk, embed and index `documents`; published as the next version of the index directory
+    `out` when given (`publish`, keeping `keep` old versions). `embed` must use `embedder`'s
+    model (whose tokenizer chunks); by default `embedder` embeds here."""
     config = config or BuildConfig()
     embedder = load_embedder(embedder) if isinstance(embedder, str) else embedder
     check_chunking(config.chunk_tokens, config.chunk_overlap, embedder.max_tokens)
@@ -164,8 +139,48 @@ def build_index(
         doc_shas={d.id: d.sha for d in docs},
     )
     if out is not None:
-        index.save(out)
+        with versions.locked(out):
+            versions.convert_unversioned(out)
+            publish(index, out, versions.Change(added=len(index.doc_shas)), keep)
     return index
+
+
+def publish(
+    index: Index, root: str | Path, change: versions.Change, keep: int = versions.DEFAULT_KEEP
+) -> versions.VersionInfo:
+    """Write `index` as the next version of `root` and make it current, only once it is whole
+    and fits: it loads back with its checksums, counts and dimension right, holds passages, and
+    has the current version's embedder and dimension (a service searching `root` could not use
+    another's). Old versions are pruned to `keep`. The caller holds `versions.locked(root)`."""
+    if not index.passages:
+        raise IndexFormatError(f"refusing to publish an empty index to {root}: no passages left")
+    dim = index.vector_index.d
+    parent = versions.info(root) if versions.current(root) else None
+    if parent is not None and (parent.embedder, parent.dim) != (index.settings.embedder, dim):
+        raise IndexFormatError(
+            f"refusing to publish to {root}: its versions use embedder {parent.embedder!r} "
+            f"({parent.dim} dims), this index {index.settings.embedder!r} ({dim} dims). Build "
+            "an index of another embedder into a new directory and point the service at it."
+        )
+    version = versions.VersionInfo(
+        version=versions.next_version(root),
+        parent=None if parent is None else parent.version,
+        created=time.time(),
+        documents=len(index.doc_shas),
+        chunks=len(index.passages),
+        embedder=index.settings.embedder,
+        dim=dim,
+        change=change,
+    )
+    path = versions.write(root, index.stored(), version)
+    try:
+        load_index(path, index.embedder)  # what every replica will do: it must pass here
+    except RetrievalError:
+        versions.discard(root, version.version)
+        raise
+    versions.set_current(root, version.version)
+    versions.prune(root, keep)
+    return version
 
 
 def load_index(
@@ -174,10 +189,13 @@ def load_index(
     verify: bool = True,
     device: str = "cpu",
     dtype: str = "auto",
+    version: int | None = None,
 ) -> Index:
-    """Reopen a saved index. With no `embedder` the one named in the manifest is loaded (on
+    """Reopen a saved index: `version` of an index directory (default: its current one), or a
+    single version's directory. With no `embedder` the one named in the manifest is loaded (on
     `device`, in `dtype`); a given one must be that same model, since another model's query
     vectors would be meaningless against these passages. `verify=False` skips checksums."""
+    path = versions.resolve(path, version)[1]
     stored = store.read_index_dir(path, verify=verify)
     settings = stored.settings
     if embedder is None:

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -84,9 +85,12 @@ class StoredIndex:
     doc_shas: dict[str, str]
 
 
-def write_index_dir(path: str | Path, stored: StoredIndex) -> Manifest:
+def write_index_dir(
+    path: str | Path, stored: StoredIndex, extra: Mapping[str, bytes] | None = None
+) -> Manifest:
     """Write `stored` to `path` atomically, replacing an index already there (never any other
-    kind of directory); returns the manifest written, with the files' sizes and checksums."""
+    kind of directory); returns the manifest written, with the files' sizes and checksums.
+    `extra` files (name -> content) go into the directory and its manifest too."""
     target = Path(path)
     _check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -95,18 +99,22 @@ def write_index_dir(path: str | Path, stored: StoredIndex) -> Manifest:
     try:
         faiss.write_index(stored.index, str(tmp / INDEX_FILE))
         pq.write_table(_passage_table(stored.passages, stored.doc_shas), tmp / PASSAGES_FILE)
+        extra = dict(extra or {})
+        for name, content in extra.items():
+            (tmp / name).write_bytes(content)
+        names = (INDEX_FILE, PASSAGES_FILE, *extra)
         manifest = Manifest(
             **stored.settings.model_dump(),
             format_version=FORMAT_VERSION,
             metric="inner_product",
             dim=stored.index.d,
             count=stored.index.ntotal,
-            files={name: _file_entry(tmp / name) for name in (INDEX_FILE, PASSAGES_FILE)},
+            files={name: _file_entry(tmp / name) for name in names},
         )
         (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        for name in (INDEX_FILE, PASSAGES_FILE, MANIFEST):
-            _fsync(tmp / name)
-        _fsync(tmp)
+        for name in (*names, MANIFEST):
+            fsync(tmp / name)
+        fsync(tmp)
         _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -188,7 +196,7 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
     except BaseException:
         os.rename(old, target)
         raise
-    _fsync(target.parent)
+    fsync(target.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -260,7 +268,8 @@ def _sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Make `path` (a file, or a directory's entries) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

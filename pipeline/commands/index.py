@@ -1,6 +1,9 @@
-"""`lookahead-rag index`: build an index directory from a corpus, or add a corpus's new
-documents to an existing one; with `--distributed`, the passages are embedded by a pool of Ray
-actors (`pipeline.jobs.distributed_embedding`) and everything else is done as in a local build.
+"""`lookahead-rag index`: build an index directory from a corpus, or change it by document id
+(`--add`, `--update`, `--delete`). Either way the result is a new version of the directory,
+published only once whole and checked (`retrieval.versions`), and every service serving the
+directory switches to it within `retrieval.watch_interval_s` plus the load time, with no other
+step. With `--distributed`, the passages are embedded by a pool of Ray actors
+(`pipeline.jobs.distributed_embedding`) and everything else is done as in a local build.
 
 The command lives in `pipeline` because the distributed build needs Ray; retrieval itself knows
 nothing of Ray."""
@@ -15,23 +18,51 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from retrieval.errors import RetrievalError
+from retrieval.versions import DEFAULT_KEEP
 
-HELP = "build or extend a FAISS index from a corpus"
+HELP = "build an index, or add, update and delete its documents (a new version each time)"
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from retrieval.documents import Changes, Document
     from retrieval.index import EmbedPassages
+    from retrieval.store import IndexSettings
+    from retrieval.versions import VersionInfo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--corpus",
-        required=True,
-        help="a folder (.txt/.md/.jsonl/.parquet files), one such file, or 'stdlib' for the "
-        "embedded Python standard library docs (a folder named stdlib: ./stdlib)",
+        help="build from this corpus: a folder (.txt/.md/.jsonl/.parquet files), one such file, "
+        "or 'stdlib' for the embedded Python standard library docs (a folder named stdlib: "
+        "./stdlib)",
     )
     parser.add_argument("--out", required=True, type=Path, help="index directory to write")
+    changes = parser.add_argument_group(
+        "changes by document id (one new version for all of them; unchanged documents are "
+        "not embedded again; the index's own embedder and settings are used)"
+    )
+    changes.add_argument(
+        "--add",
+        nargs="*",
+        metavar="PATH",
+        help="add the documents of these corpus files or folders (ids as a corpus gives them: "
+        "a file's path under the folder, a row's id); bare --add adds --corpus's new documents",
+    )
+    changes.add_argument(
+        "--update",
+        nargs="+",
+        metavar="PATH",
+        help="replace indexed documents (all their passages) with these files' documents",
+    )
+    changes.add_argument("--delete", nargs="+", metavar="ID", help="delete documents by id")
+    parser.add_argument(
+        "--keep",
+        type=int,
+        default=DEFAULT_KEEP,
+        help=f"old versions kept besides the current and pinned ones (default {DEFAULT_KEEP})",
+    )
     parser.add_argument(
         "--index-type",
         default="auto",
@@ -50,12 +81,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="embedding batch size")
     parser.add_argument("--device", default="cpu", help="embedder device (cpu, cuda, cuda:1)")
     parser.add_argument("--dtype", default="auto", help="embedder dtype (auto, float32, ...)")
-    parser.add_argument(
-        "--add",
-        action="store_true",
-        help="add the corpus's new documents to the index at --out instead of rebuilding "
-        "(unchanged ones are skipped; the index's own embedder and settings are used)",
-    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     distributed = parser.add_argument_group(
         "distributed (Ray Data; a local loopback Ray, or server.ray_address / "
@@ -76,46 +101,92 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retrieval.corpus import read_corpus
-    from retrieval.embedding import DEFAULT_EMBEDDER, load_embedder
-    from retrieval.index import BuildConfig, build_index, load_index
-
+    changing = args.add is not None or args.update or args.delete
+    if not changing and args.corpus is None:
+        raise SystemExit("give --corpus to build, or --add / --update / --delete to change")
+    if args.add == [] and args.corpus is None:
+        raise SystemExit("bare --add adds --corpus's documents: give --corpus, or paths")
+    if args.keep < 0:
+        raise SystemExit("--keep must be >= 0")
     if args.distributed:
         _check_distributed(args)
-    # The driver of a distributed build only chunks: its own embedder copy stays on the CPU.
-    device = "cpu" if args.distributed else args.device
     started = time.perf_counter()
     try:
-        docs = read_corpus(args.corpus)
-        if args.add:
-            index = load_index(args.out, device=device, dtype=args.dtype)
-            embed = _distributed(args, index.embedder.name)
-            added = index.add_documents(docs, args.batch_size, not args.quiet, embed)
-            if added:
-                index.save(args.out)
-        else:
-            embedder = load_embedder(args.embedder or DEFAULT_EMBEDDER, device, args.dtype)
-            config = BuildConfig(
-                index_type=args.index_type,
-                search_params=args.search_params,
-                chunk_tokens=args.chunk_tokens,
-                chunk_overlap=args.chunk_overlap,
-                batch_size=args.batch_size,
-                progress=not args.quiet,
-            )
-            embed = _distributed(args, embedder.name)
-            index = build_index(docs, embedder, config, out=args.out, embed=embed)
-            added = len(index)
+        line = _change(args) if changing else _build(args)
     except (RetrievalError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    s = index.settings
-    print(
-        f"{args.out}: {len(index)} passages ({added} added) from {len(docs)} documents, "
-        f"{' '.join(filter(None, (s.index_type, s.search_params)))}, embedder {s.embedder}, "
-        f"{time.perf_counter() - started:.1f} s"
-    )
+    print(f"{line}, {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def _build(args: argparse.Namespace) -> str:
+    from retrieval import versions
+    from retrieval.corpus import read_corpus
+    from retrieval.embedding import DEFAULT_EMBEDDER, load_embedder
+    from retrieval.index import BuildConfig, build_index
+
+    docs = read_corpus(args.corpus)
+    # The driver of a distributed build only chunks: its own embedder copy stays on the CPU.
+    device = "cpu" if args.distributed else args.device
+    embedder = load_embedder(args.embedder or DEFAULT_EMBEDDER, device, args.dtype)
+    config = BuildConfig(
+        index_type=args.index_type,
+        search_params=args.search_params,
+        chunk_tokens=args.chunk_tokens,
+        chunk_overlap=args.chunk_overlap,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    embed = _distributed(args, embedder.name)
+    index = build_index(docs, embedder, config, args.out, embed, args.keep)
+    return _summary(args.out, versions.info(args.out), len(index), index.settings)
+
+
+def _change(args: argparse.Namespace) -> str:
+    from retrieval import versions
+    from retrieval.changes import update_index
+
+    changes = _changes(args)
+    device = "cpu" if args.distributed else args.device
+    embed = _distributed(args, versions.info(args.out).embedder)
+    info, applied = update_index(
+        args.out,
+        changes,
+        embed=embed,
+        keep=args.keep,
+        device=device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    if applied is None:
+        return f"{args.out}: nothing changed, version {info.version} stays current"
+    return _summary(args.out, info, applied.embedded, applied.index.settings)
+
+
+def _changes(args: argparse.Namespace) -> Changes:
+    from retrieval.corpus import read_corpus
+    from retrieval.documents import Changes
+
+    def documents(paths: Sequence[str]) -> list[Document]:
+        return [doc for path in paths for doc in read_corpus(path)]
+
+    adding = args.add if args.add else ([args.corpus] if args.add == [] else [])
+    return Changes(
+        add=documents(adding), update=documents(args.update or []), delete=args.delete or []
+    )
+
+
+def _summary(out: Path, info: VersionInfo, embedded: int, settings: IndexSettings) -> str:
+    c = info.change
+    return (
+        f"{out}: version {info.version}: {info.chunks} passages from {info.documents} "
+        f"documents ({c.added} added, {c.updated} updated, {c.deleted} deleted, {c.unchanged} "
+        f"unchanged; {embedded} passages embedded), "
+        f"{' '.join(filter(None, (settings.index_type, settings.search_params)))}, "
+        f"embedder {settings.embedder}"
+    )
 
 
 def _check_distributed(args: argparse.Namespace) -> None:

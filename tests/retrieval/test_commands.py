@@ -22,7 +22,7 @@ def corpus(tmp_path: Path) -> Path:
 def test_index_then_search_json(corpus: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "idx"
     assert main(["index", "--corpus", str(corpus), "--out", str(out), "--quiet"]) == 0
-    assert f"{len(DOCS) - 1} passages" in capsys.readouterr().out
+    assert f"version 1: {len(DOCS) - 1} passages" in capsys.readouterr().out
     question = "What is molten rock that reaches the surface called?"
     assert main(["search", "--index", str(out), question, "-k", "2", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -32,12 +32,14 @@ def test_index_then_search_json(corpus: Path, tmp_path: Path, capsys) -> None:
     assert rows[0]["title"] == "Volcanoes"
     assert rows[0]["score"] > rows[1]["score"]
 
-    # --add: only the new document is embedded; the index keeps its settings
+    # bare --add: --corpus's new documents only are embedded; the index keeps its settings
     extra = tmp_path / "extra.jsonl"
     chess = DOCS[-1]
     extra.write_text(json.dumps({"id": chess.id, "text": chess.text, "title": chess.title}))
     assert main(["index", "--corpus", str(extra), "--out", str(out), "--add", "--quiet"]) == 0
-    assert f"{len(DOCS)} passages (1 added)" in capsys.readouterr().out
+    assert f"version 2: {len(DOCS)} passages from {len(DOCS)} documents (1 added, 0 updated" in (
+        capsys.readouterr().out
+    )
     assert (
         main(["search", "--index", str(out), "a chess opening", "how bread rises", "-k", "1"]) == 0
     )
@@ -45,6 +47,29 @@ def test_index_then_search_json(corpus: Path, tmp_path: Path, capsys) -> None:
     assert "# a chess opening" in text
     assert "Sicilian Defence" in text
     assert "Sourdough" in text
+
+
+def test_update_and_delete_by_id(corpus: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "idx"
+    assert main(["index", "--corpus", str(corpus), "--out", str(out), "--quiet"]) == 0
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "kiln.md").write_text("# Kilns\nA kiln fires clay into ceramic at 1200 degrees.")
+    assert main(["index", "--out", str(out), "--add", str(notes), "--quiet"]) == 0
+    (notes / "kiln.md").write_text("# Kilns\nA kiln is an oven that fires pottery.")
+    edit = ["index", "--out", str(out), "--update", str(notes / "kiln.md"), "--quiet"]
+    assert main([*edit, "--delete", "eiffel", "chess"]) == 1  # chess was never indexed
+    assert "1 document(s) is not indexed: 'chess'" in capsys.readouterr().err
+    assert main([*edit, "--delete", "eiffel"]) == 0
+    printed = capsys.readouterr().out
+    assert "version 3: " in printed
+    assert "(0 added, 1 updated, 1 deleted, 0 unchanged; 1 passages embedded)" in printed
+    assert main(["search", "--index", str(out), "what fires pottery", "-k", "1", "--json"]) == 0
+    hit = json.loads(capsys.readouterr().out)
+    assert (hit["id"], hit["title"]) == ("kiln.md#0", "Kilns")
+    assert "oven that fires pottery" in hit["text"]
+    assert main(edit) == 0  # the same content again: no new version
+    assert "nothing changed, version 3 stays current" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

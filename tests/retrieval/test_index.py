@@ -1,23 +1,12 @@
-"""The retriever end to end with the real embedder: relevance, batching, incremental add."""
+"""The retriever end to end with the real embedder: relevance, batching, chunking."""
 
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import pytest
 from retrievalhelpers import DOCS, QUESTIONS
 
 from retrieval import BuildConfig, CorpusError, Document, Embedder, Index, build_index
-
-
-def fresh_copy(index: Index) -> Index:
-    """A copy to mutate, sharing the (read-only) embedder."""
-    clone = copy.copy(index)
-    clone.vector_index = copy.deepcopy(index.vector_index)
-    clone.passages = list(index.passages)
-    clone.doc_shas = dict(index.doc_shas)
-    return clone
 
 
 @pytest.mark.parametrize(("question", "doc_id"), QUESTIONS.items())
@@ -60,28 +49,6 @@ def test_long_documents_are_chunked_and_cited(embedder: Embedder) -> None:
     hit = index.search("What is the secret launch code?", k=1)[0]
     assert "orange-penguin-42" in hit.text
     assert text[hit.start : hit.end] == hit.text
-
-
-def test_add_documents_without_rebuild(small_index: Index) -> None:
-    index = fresh_copy(small_index)
-    before = len(index)
-    new = Document(
-        "tides",
-        "Ocean tides are caused mainly by the Moon's gravity pulling on the Earth's oceans.",
-        title="Tides",
-    )
-    added = index.add_documents([*DOCS, new])  # already-indexed documents are skipped
-    assert added == 1
-    assert len(index) == before + 1
-    assert index.vector_index.ntotal == len(index)
-    assert index.search("Why does the sea level rise and fall twice a day?", k=1)[0].doc_id == (
-        "tides"
-    )
-    assert len(small_index) == before  # the shared fixture is untouched
-    assert index.add_documents([new]) == 0
-    edited = Document("tides", "Tides are caused by the Sun.", title="Tides")
-    with pytest.raises(CorpusError, match=r"changed since they were indexed.*'tides'"):
-        index.add_documents([edited])
 
 
 def test_empty_and_duplicate_corpora_fail_clearly(embedder: Embedder) -> None:

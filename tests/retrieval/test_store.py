@@ -125,15 +125,3 @@ def test_loading_with_another_embedder_is_refused(saved: Path, embedder: Embedde
 def test_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(IndexFormatError, match="no index at"):
         load_index(tmp_path / "nowhere")
-
-
-def test_added_documents_persist(small_index: Index, tmp_path: Path, embedder: Embedder) -> None:
-    out = small_index.save(tmp_path / "idx")
-    index = load_index(out, embedder)
-    from retrieval import Document
-
-    index.add_documents([Document("moon", "The Moon orbits the Earth every 27 days.")])
-    index.save(out)
-    reloaded = load_index(out, embedder)
-    assert len(reloaded) == len(DOCS) + 1
-    assert reloaded.search("How long is the lunar orbit?", k=1)[0].doc_id == "moon"

@@ -13,6 +13,7 @@ import pytest
 from pipeline.commands.cli import main
 from retrieval import load_index, stdlib_documents
 from retrieval.store import read_index_dir
+from retrieval.versions import resolve
 
 QUERIES = ("parse a JSON string", "write an object as JSON to a file", "custom decoder")
 
@@ -38,7 +39,7 @@ def _index(*argv: str | Path) -> None:
 
 
 def _vectors(path: Path) -> np.ndarray:
-    index = read_index_dir(path).index
+    index = read_index_dir(resolve(path)[1]).index
     return index.reconstruct_n(0, index.ntotal)
 
 
@@ -49,7 +50,7 @@ def test_distributed_index_equals_the_local_one(corpus: Path, tmp_path: Path) ->
     on_ray = ("--distributed", "--actors", 2, "--block-rows", 8)
     _index("--corpus", corpus / "first.jsonl", "--out", distributed, *on_ray)
     _index("--corpus", corpus / "all.jsonl", "--out", distributed, "--add", *on_ray)
-    a, b = read_index_dir(local), read_index_dir(distributed)
+    a, b = (read_index_dir(resolve(path)[1]) for path in (local, distributed))
     assert a.settings == b.settings
     assert a.doc_shas == b.doc_shas
     assert [p.id for p in a.passages] == [p.id for p in b.passages]

@@ -10,6 +10,7 @@ import pytest
 
 from pipeline import ray_runtime
 from pipeline.commands.cli import main
+from retrieval.versions import resolve
 
 
 @pytest.fixture
@@ -38,17 +39,18 @@ def test_a_mistyped_index_path_is_an_error_that_says_how_to_build_one(tmp_path, 
 def test_a_corrupt_index_fails_at_once_with_the_real_reason(
     tmp_path, capsys, no_ray, small_index_dir
 ):
-    corrupt = tmp_path / "idx"
-    shutil.copytree(small_index_dir, corrupt)
+    copy = tmp_path / "idx"
+    shutil.copytree(small_index_dir, copy)
+    corrupt = resolve(copy)[1]  # the current version's directory
     faiss_file = corrupt / "index.faiss"
     data = bytearray(faiss_file.read_bytes())
     data[len(data) // 2] ^= 0xFF
     faiss_file.write_bytes(bytes(data))
-    code, err = _serve(capsys, "--index", str(corrupt))
+    code, err = _serve(capsys, "--index", str(copy))
     assert code == 1
     assert f"error: {faiss_file} is corrupt: its SHA-256 differs from the manifest's" in err
     (corrupt / "manifest.json").write_text("{}")
-    code, err = _serve(capsys, "--index", str(corrupt))
+    code, err = _serve(capsys, "--index", str(copy))
     assert code == 1
     assert f"error: {corrupt / 'manifest.json'} is corrupt: Field required" in err
 
