@@ -68,7 +68,7 @@ class GenerationSection(_Section):
     # to prefix_cache_bytes per replica; auto: 1 GiB on CPU, 4 GiB on a GPU.
     prefix_cache: bool = True
     prefix_cache_bytes: PositiveInt | Literal["auto"] = "auto"
-    passage_order: PassageOrder = "document"  # see pipeline.prompt; docs/architecture.md why
+    passage_order: PassageOrder = "score"  # see pipeline.prompt; docs/architecture.md why
 
 
 class NgramsSection(_Section):

@@ -117,7 +117,7 @@ def build_prompt(
     render: Render,
     passages: Sequence[PassageLike],
     budget: int,
-    order: PassageOrder = "document",
+    order: PassageOrder = "score",
 ) -> BuiltPrompt:
     """The longest best-first run of `passages` whose prompt is at most `budget` tokens, the
     passages in `order`."""

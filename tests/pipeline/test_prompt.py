@@ -96,7 +96,7 @@ RANKED = [
 
 def test_the_instruction_then_passages_in_document_order_then_the_question(tokenizer):
     render = chat_render(tokenizer, QUESTION)
-    prompt = build_prompt(tokenizer, render, RANKED, budget=10_000)
+    prompt = build_prompt(tokenizer, render, RANKED, budget=10_000, order="document")
     assert [p.id for p in prompt.passages] == ["p1", "p3", "p2", "p0"]  # csv 0, 500; json 10, 900
     text = tokenizer.decode(prompt.token_ids)
     at = [text.index(part) for part in (SYSTEM_INSTRUCTION, "[1] json.t1", "[2] json.t3")]
@@ -110,12 +110,14 @@ def test_the_instruction_then_passages_in_document_order_then_the_question(token
 def test_the_same_passages_in_another_ranking_give_the_same_prompt(tokenizer):
     """So requests that retrieve them share everything but the question, whatever the scores."""
     render = chat_render(tokenizer, QUESTION)
-    one = build_prompt(tokenizer, render, RANKED, budget=10_000)
-    other = build_prompt(tokenizer, render, RANKED[::-1], budget=10_000)
+    one = build_prompt(tokenizer, render, RANKED, budget=10_000, order="document")
+    other = build_prompt(tokenizer, render, RANKED[::-1], budget=10_000, order="document")
     assert one.token_ids == other.token_ids
     assert one.passages == other.passages
     asked = chat_render(tokenizer, [{"role": "user", "content": "What is csv.reader?"}])
-    another = build_prompt(tokenizer, asked, [*RANKED[2:], *RANKED[:2]], budget=10_000)
+    another = build_prompt(
+        tokenizer, asked, [*RANKED[2:], *RANKED[:2]], budget=10_000, order="document"
+    )
     pairs = zip(one.token_ids, another.token_ids, strict=False)
     shared = next(i for i, (a, b) in enumerate(pairs) if a != b)
     assert f"[4] json.t0\n{RANKED[0].text}" in tokenizer.decode(one.token_ids[:shared])
@@ -130,7 +132,7 @@ def test_the_budget_chooses_best_first_whatever_the_order(tokenizer):
         assert {p.id for p in prompt.passages} == {"p0", "p1"}
         assert len(prompt.token_ids) <= budget
     long_third = passage(2, 300, doc_id="json", start=10)
-    cut = build_prompt(tokenizer, render, [*RANKED[:2], long_third], budget + 60)
+    cut = build_prompt(tokenizer, render, [*RANKED[:2], long_third], budget + 60, order="document")
     assert [p.id for p in cut.passages] == ["p1", "p2", "p0"]  # the cut one in its place
     assert cut.cut_last
     assert budget + 60 - 5 <= len(cut.token_ids) <= budget + 60
