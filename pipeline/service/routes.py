@@ -14,13 +14,14 @@ request whose Generator replica dies before the client has seen any of it runs o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
@@ -30,6 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.config import Config, LimitsSection
 from pipeline.planning import JobRequest, plan_job
+from pipeline.service.admin import IndexAdmin
+from pipeline.service.admin import router as admin_router
 from pipeline.service.auth import ApiKeyMiddleware, ApiKeys
 from pipeline.service.errors import ApiError, ReplicaDiedError, install_error_handlers
 from pipeline.service.metrics import CONTENT_TYPE, Metrics, Trace
@@ -49,19 +52,27 @@ from pipeline.service.schemas import (
     ModelList,
     RagRequest,
 )
-from pipeline.wire import Answer, Delta, Event, GenerationJob, Started
+from pipeline.wire import Answer, Delta, Event, GenerationJob, Retrieved, Started
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 REQUEST_ID = "x-request-id"
 _STARTED = int(time.time())  # the `created` of the model card
-ENDPOINTS = ("/v1/rag", "/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz")
+ENDPOINTS = (
+    "/v1/rag",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/healthz",
+    "/v1/index",
+    "/v1/index/changes",
+)
 
 
 class Backend(Protocol):
-    async def retrieve(self, query: str, k: int) -> Sequence[Any]:
-        """The `k` best passages for `query`, best first."""
+    async def retrieve(self, query: str, k: int) -> Retrieved:
+        """The `k` best passages for `query`, best first, all from one index version."""
         ...
 
     def generate(self, job: GenerationJob) -> AsyncIterator[Event]:
@@ -80,6 +91,7 @@ class Service:
     backend: Backend
     config: Config
     metrics: Metrics
+    admin: IndexAdmin | None = None  # the admin routes' builder (None: they answer 503)
 
 
 def endpoint_label(path: str) -> str:
@@ -212,26 +224,27 @@ def build_api(
     *,
     echo_request_id: bool = True,
     metrics: Metrics | None = None,
+    admin: IndexAdmin | None = None,
 ) -> FastAPI:
     metrics = metrics or Metrics()
     app = Api(
         title="lookahead-rag",
         description="RAG answers decoded with lossless lookahead decoding",
     )
-    app.state.service = Service(backend, config, metrics)
+    app.state.service = Service(backend, config, metrics, admin)
     app.request_context = partial(
         RequestContextMiddleware, metrics=metrics, echo=echo_request_id, limits=config.limits
     )
-    keys = ApiKeys.from_config(config.server)
-    if keys is not None:
-        app.add_middleware(
-            ApiKeyMiddleware,
-            keys=keys,
-            open_paths=config.server.open_paths,
-            on_refused=_count_error,
-        )
+    app.add_middleware(
+        ApiKeyMiddleware,
+        keys=ApiKeys.from_config(config.server),
+        open_paths=config.server.open_paths,
+        on_refused=_count_error,
+        admin_keys=ApiKeys.admin_from_config(config.server),
+    )
     install_error_handlers(app, _count_error)
     app.include_router(router)
+    app.include_router(admin_router)
     app.include_router(page_router)
     install_openapi(app, config)
     return app
@@ -256,10 +269,13 @@ async def _generate(request: Request, job_request: JobRequest, renderer: Rendere
     """Plan, retrieve, generate; the whole response, or a stream once generation has started."""
     service = _service(request)
     plan = plan_job(job_request, service.config)
-    passages = (
-        await service.backend.retrieve(plan.query, plan.retrieve_k) if plan.retrieve_k else ()
-    )
-    run = _Run(service, plan.job(passages), endpoint_label(request.url.path), request.state.arrived)
+    passages, version = (), None
+    if plan.retrieve_k:
+        retrieved = await service.backend.retrieve(plan.query, plan.retrieve_k)
+        service.metrics.index.update(retrieved.index)
+        passages, version = retrieved.passages, retrieved.index.version
+    endpoint = endpoint_label(request.url.path)
+    run = _Run(service, plan.job(passages), endpoint, request.state.arrived, version)
     if not stream:
         return renderer.complete(await _once_more_if_the_replica_died(run.whole))
     started, events = await _once_more_if_the_replica_died(run.start)
@@ -285,9 +301,10 @@ class _Run:
     job: GenerationJob
     endpoint: str
     arrived: float
+    index_version: int | None = None  # the version the passages came from
 
     async def start(self) -> tuple[Started, AsyncIterator[Event]]:
-        """The Generator's `Started`, and the events that follow it."""
+        """The Generator's `Started` (with the index version), and the events that follow."""
         trace = self.service.metrics.trace(self.endpoint, self.arrived)
         events = _traced(self.service.backend.generate(self.job), trace)
         try:
@@ -297,7 +314,7 @@ class _Run:
         except BaseException:
             await events.aclose()
             raise
-        return started, events
+        return dataclasses.replace(started, index_version=self.index_version), events
 
     async def whole(self) -> Answer:
         """Every event, folded into the answer."""

@@ -11,7 +11,7 @@ import httpx
 
 from pipeline.config import load_config
 from pipeline.service.errors import BackendUnavailableError, QueueFullError, ReplicaDiedError
-from pipeline.wire import AnswerStats, Delta, Finished, SourceRef, Started
+from pipeline.wire import AnswerStats, Delta, Finished, IndexState, Retrieved, SourceRef, Started
 
 # Small limits keep the oversize cases cheap to send.
 MAX_INPUT_CHARS = 2000
@@ -22,6 +22,9 @@ MAX_BATCH, MAX_QUEUED = 4, 4  # per Generator replica of the session's Serve app
 HELD_TOKENS = 256  # the longest answer a request may ask for (limits.max_tokens)
 API_KEY = "sk-test-0123456789"  # the session's Serve app lets this key in
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+ADMIN_KEY = "admin-test-0123456789"  # the session's Serve app lets this key into /v1/index*
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+WATCH_INTERVAL_S = 0.5  # the session's Serve app: Retrievers check for a new index version
 BODY_TIMEOUT_S = 3.0  # the session's Serve app: a body must arrive within this
 # Asked of the service, of `lookahead-rag ask` in-process and of a batch job: one answer each.
 ONE_PATH_QUESTIONS = ("How do I parse a JSON string?", "What does functools.partial do?")
@@ -426,7 +429,7 @@ class StandIn:
     async def retrieve(self, query, k):
         if self.fail == "retrieve":
             raise BackendUnavailableError("the retriever is unavailable: ActorDiedError")
-        return [Passage(i) for i in range(k)]
+        return Retrieved(tuple(Passage(i) for i in range(k)), IndexState("stand-in", 3, 9, 12))
 
     async def generate(self, job):
         self.jobs.append(job)
