@@ -2,9 +2,13 @@
 
 For each batch size B, every prompt is decoded with B of them in flight (a newcomer is admitted
 as soon as a row frees, as the service's model thread does) by
-- `sequential`: today's single-request lookahead, one prompt after the other;
+- `sequential`: one prompt after the other (`LookaheadGenerator.stream`, a batch of one);
 - `plain`: the batched engine with no drafts (k = 0): plain batched decoding;
-- `lookahead`: the batched engine, draft sizes chosen jointly by goodput.
+- `lookahead`: the batched engine as served, draft sizes chosen by goodput (per sequence in the
+  ragged layout where the model allows it);
+- `padded`: the same with the padded layout (one tree size for the whole pass).
+With more prompts than B (`prompts_per_row` > 1) the figures are those of a busy service, rows
+refilled as they free; with B prompts or fewer, of one wave, which ends with its slowest member.
 Methods run one after another within each B, their order rotating from one B to the next.
 Tokens/s is total tokens over the method's wall time, prefills included. Every output is
 checked token for token against transformers' greedy `generate` (at a mismatch: the position
@@ -42,7 +46,7 @@ from generation.step_cost import load_batch_costs
 
 HELP = "the batched engine under load: B sequences at once"
 
-METHODS = ("sequential", "plain", "lookahead")
+METHODS = ("sequential", "plain", "lookahead", "padded")
 
 
 @dataclass
@@ -99,8 +103,7 @@ def run(args: argparse.Namespace) -> int:
     engine = LookaheadGenerator(load_model(args.model, args.dtype, args.device), config)
     categories = set(args.categories.split(",")) if args.categories else None
     prompts = read_prompts(args.prompts, engine.encode, categories, args.limit)
-    costs = load_batch_costs(engine.lm, max(batch_sizes)) if draft_size == "auto" else None
-    runners = _runners(engine, config, costs, args.prefill_chunk)
+    runners = _runners(engine, config, max(batch_sizes), args.prefill_chunk)
     for method in methods:  # warm-up: first-call allocations, not timed
         runners[method](prompts[:2], 2, 4)
     reference = _greedy(engine, prompts, config.max_new_tokens)
@@ -112,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             results[method] = runners[method](prompts, b, config.max_new_tokens)
             bar.update()
         per_batch[str(b)] = _figures(results, reference)
+        per_batch[str(b)]["prompts_per_row"] = round(len(prompts) / b, 2)
         for method, result in results.items():
             found = find_mismatches(engine.lm.model, prompts, reference, result.runs, method)
             mismatches += [{"batch": b, "method": method, **m} for m in found]
@@ -132,12 +136,14 @@ def run(args: argparse.Namespace) -> int:
             "prefill_chunk": args.prefill_chunk,
             "prompts": len(prompts),
             "categories": sorted({p.category for p in prompts}),
+            "prompt_tokens_mean": round(float(np.mean([len(p.ids) for p in prompts])), 1),
+            "layout": "ragged" if engine.ragged else "padded",
         },
     }
-    if costs is not None:
+    if draft_size == "auto":
         report["cost_ms"] = {
             str(b): {str(q): round(t, 2) for q, t in curve.t_ms.items()}
-            for b, curve in costs.curves.items()
+            for b, curve in engine.costs(max(batch_sizes)).curves.items()
         }
     print(format_table(report))
     print(json.dumps(report))
@@ -145,8 +151,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _runners(
-    engine: LookaheadGenerator, config: LookaheadConfig, costs, prefill_chunk: int
+    engine: LookaheadGenerator, config: LookaheadConfig, max_batch: int, prefill_chunk: int
 ) -> dict[str, Callable[[list[Prompt], int, int], MethodRun]]:
+    auto = config.draft_size == "auto"
+    costs = {
+        ragged: load_batch_costs(engine.lm, max_batch, ragged) if auto else None
+        for ragged in {engine.ragged, False}
+    }
+
     def sequential(prompts: list[Prompt], batch: int, max_new: int) -> MethodRun:
         runs = {}
         t0 = time.perf_counter()
@@ -159,9 +171,11 @@ def _runners(
             runs[prompt.id] = timed
         return MethodRun(runs, time.perf_counter() - t0)
 
-    def batched(draft_size: int | str) -> Callable[[list[Prompt], int, int], MethodRun]:
+    def batched(
+        draft_size: int | str, ragged: bool
+    ) -> Callable[[list[Prompt], int, int], MethodRun]:
         def go(prompts: list[Prompt], batch: int, max_new: int) -> MethodRun:
-            decoder = BatchDecoder(engine.lm, batch, costs, prefill_chunk)
+            decoder = BatchDecoder(engine.lm, batch, costs[ragged], prefill_chunk, ragged)
             request = dataclasses.replace(config, max_new_tokens=max_new, draft_size=draft_size)
             return _drive(engine, decoder, prompts, request)
 
@@ -169,8 +183,9 @@ def _runners(
 
     return {
         "sequential": sequential,
-        "plain": batched(0),
-        "lookahead": batched(config.draft_size),
+        "plain": batched(0, engine.ragged),
+        "lookahead": batched(config.draft_size, engine.ragged),
+        "padded": batched(config.draft_size, False),
     }
 
 
@@ -234,11 +249,31 @@ def _figures(results: dict[str, MethodRun], reference: dict[str, Run]) -> dict:
         if itl:
             out[f"{method}_itl_p50_ms"] = round(1e3 * float(np.percentile(itl, 50)), 1)
             out[f"{method}_itl_p95_ms"] = round(1e3 * float(np.percentile(itl, 95)), 1)
+        steps = [r.steps for r in runs.values() if r.steps]
+        if steps:  # per sequence, not per step (a step's tokens follow its best sequence)
+            out[f"{method}_seq_tokens_per_step"] = round(
+                float(np.mean([len(r.tokens) / r.steps for r in runs.values() if r.steps])), 2
+            )
         if result.stats is not None:
             stats = result.stats
             out[f"{method}_mean_batch"] = round(stats.mean_batch, 2)
             out[f"{method}_tokens_per_step"] = round(stats.tokens_per_step, 2)
             out[f"{method}_draft_rows_per_step"] = round(stats.draft_rows_per_step, 2)
+            out[f"{method}_rows_per_step"] = round(stats.rows / max(stats.steps, 1), 2)
+            parts = {
+                "forward": stats.forward_s,
+                "prefill": stats.prefill_s,
+                "draft": stats.draft_s,
+                "accept": stats.accept_s,
+                "keep": stats.keep_s,
+            }
+            parts["other"] = result.seconds - sum(parts.values())
+            out[f"{method}_time_share"] = {
+                k: round(v / result.seconds, 3) for k, v in parts.items()
+            }
+            out[f"{method}_step_ms"] = round(
+                1e3 * (result.seconds - stats.prefill_s) / max(stats.steps, 1), 1
+            )
         else:
             steps = sum(r.steps for r in runs.values())
             out[f"{method}_tokens_per_step"] = round(
@@ -247,6 +282,8 @@ def _figures(results: dict[str, MethodRun], reference: dict[str, Run]) -> dict:
     out["identity"] = min(v for k, v in out.items() if k.endswith("_identity"))
     if "plain_tok_s" in out and "lookahead_tok_s" in out:
         out["lookahead_vs_plain"] = round(out["lookahead_tok_s"] / out["plain_tok_s"], 3)
+    if "padded_tok_s" in out and "lookahead_tok_s" in out:
+        out["lookahead_vs_padded"] = round(out["lookahead_tok_s"] / out["padded_tok_s"], 3)
     if "sequential_tok_s" in out and "lookahead_tok_s" in out:
         out["lookahead_vs_sequential"] = round(out["lookahead_tok_s"] / out["sequential_tok_s"], 3)
     return out
@@ -281,6 +318,7 @@ _COLUMNS = (
     ("lookahead_tok_s", "la t/s", "{:.1f}"),
     ("lookahead_vs_plain", "la/plain", "{:.2f}x"),
     ("lookahead_vs_sequential", "la/seq", "{:.2f}x"),
+    ("lookahead_vs_padded", "la/padded", "{:.2f}x"),
     ("plain_mean_batch", "plain B", "{:.1f}"),
     ("lookahead_mean_batch", "la B", "{:.1f}"),
     ("lookahead_tokens_per_step", "la tok/step", "{:.2f}"),

@@ -43,6 +43,7 @@ import redis
 import torch
 
 from benchmarks.local_redis import LocalRedis
+from benchmarks.workloads import paraphrase
 from generation import DEFAULT_MODEL, LookaheadConfig, LookaheadGenerator, load_model
 from generation.defaults import DTYPE_SETTINGS
 from trie_store import RequestDrafter
@@ -51,11 +52,6 @@ from trie_store.sharing import NgramSync, SyncConfig, model_namespace, store_fro
 HELP = "warm service: shared n-grams off/local/shared"
 
 MODES = ("plain", "off", "local", "shared")
-PARAPHRASES = (
-    "Based on the passages above, answer: {q}",
-    "{q} Answer from the text.",
-    "Question: {q}",
-)
 KINDS = ("original", "paraphrase", "repeat")
 SCRIPTED = {"zincrby", "zadd", "zrange", "zremrangebyrank", "zremrangebyscore", "zcard"}
 SCRIPTED |= {"zunionstore", "hmget", "hset", "hincrby", "time"}  # only ever inside our scripts
@@ -138,13 +134,6 @@ def shortened(text: str, max_chars: int) -> str:
     head, _, question = text.rstrip().rpartition("\n")
     room = max(0, max_chars - len(question))
     return f"{head[len(head) - room :]}\n{question}" if head and room else question
-
-
-def paraphrase(text: str, which: int) -> str:
-    """The prompt with its last line (the question) rewritten by a template."""
-    head, _, question = text.rstrip().rpartition("\n")
-    template = PARAPHRASES[which % len(PARAPHRASES)]
-    return f"{head}\n{template.format(q=question)}" if head else template.format(q=question)
 
 
 def run(args: argparse.Namespace) -> int:

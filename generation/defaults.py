@@ -13,6 +13,12 @@ MAX_BATCH_GPU = 32
 # Prompt tokens a step prefills while others decode (~ a few decode steps' time here), and the
 # chunk a lone prompt is prefilled in.
 PREFILL_CHUNK = 256
+# Bytes of prompt KV a decoder keeps for reuse across requests by default ("auto",
+# `generation.prefix_cache`): the default model's KV is 45 KiB a token in float32 (30 layers x 3
+# KV heads x 64 x keys and values), so 1 GiB holds ~23,000 prompt tokens, some twenty RAG
+# prompts; a GPU holds bigger models and more of them.
+PREFIX_CACHE_BYTES_CPU = 1 << 30
+PREFIX_CACHE_BYTES_GPU = 4 << 30
 
 
 def batch_size(setting: int | str, device: str) -> int:
@@ -20,3 +26,10 @@ def batch_size(setting: int | str, device: str) -> int:
     if setting != "auto":
         return int(setting)
     return MAX_BATCH_GPU if str(device).startswith("cuda") else MAX_BATCH_CPU
+
+
+def prefix_cache_bytes(setting: int | str, device: str) -> int:
+    """`generation.prefix_cache_bytes`: a number as given; "auto" the device's default."""
+    if setting != "auto":
+        return int(setting)
+    return PREFIX_CACHE_BYTES_GPU if str(device).startswith("cuda") else PREFIX_CACHE_BYTES_CPU

@@ -20,6 +20,7 @@ from generation.batch import BatchDecoder
 from generation.defaults import DEFAULT_MODEL, MAX_DRAFT_SIZE, PREFILL_CHUNK
 from generation.detokenize import IncrementalDetokenizer
 from generation.models import LoadedModel, load_model
+from generation.prefix_cache import PrefixCache
 from generation.request import Chunk, DecodeStats, DraftPolicy, Request
 from generation.sampling import SamplingParams
 from generation.step_cost import BatchCosts, load_batch_costs
@@ -40,6 +41,8 @@ class LookaheadConfig:
     drafting never costs more than it yields; an int fixes it (0 = plain decoding), for
     experiments and tests. `prompt + max_new_tokens` must fit the model's context window: the
     engine refuses rather than silently truncating either. `sampling` defaults to greedy.
+    `reuse_prefix=False` keeps the request out of the decoder's prefix cache (the baseline of
+    benchmarks): it neither takes cached KV nor leaves its own.
     """
 
     max_new_tokens: int = 256
@@ -48,6 +51,7 @@ class LookaheadConfig:
     max_draft_size: int = MAX_DRAFT_SIZE
     ignore_eos: bool = False
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    reuse_prefix: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -63,6 +67,8 @@ class LookaheadConfig:
             raise ValueError(f"max_draft_size must be an int >= 0, got {self.max_draft_size!r}")
         if not isinstance(self.sampling, SamplingParams):
             raise ValueError(f"sampling must be a SamplingParams, got {self.sampling!r}")
+        if not isinstance(self.reuse_prefix, bool):
+            raise ValueError(f"reuse_prefix must be a bool, got {self.reuse_prefix!r}")
 
 
 @dataclass(frozen=True)
@@ -81,10 +87,14 @@ class LookaheadGenerator:
         lm: LoadedModel,
         config: LookaheadConfig | None = None,
         costs: BatchCosts | None = None,
+        ragged: bool | None = None,
     ) -> None:
         """`costs`: a cost surface to use for every batch size (tests, benchmarks); None
-        measures (or reads the cached) t(b, q) of this model and device as batches need it."""
-        check_tree_attention(lm.model)
+        measures (or reads the cached) t(b, q) of this model and device as batches need it.
+        `ragged`: verify trees of different sizes flattened in one pass; None (the default):
+        wherever the load-time probe finds it exact, False: the padded layout (benchmarks)."""
+        ragged_ok = check_tree_attention(lm.model)
+        self.ragged = ragged_ok if ragged is None else ragged and ragged_ok
         self.lm = lm
         self.config = config or LookaheadConfig()
         self._costs = costs
@@ -112,14 +122,18 @@ class LookaheadGenerator:
     def costs(self, max_batch: int = 1) -> BatchCosts:
         """The verify cost t(b, q) for batches of up to `max_batch` (cached across runs)."""
         if not self._costs_given and (self._costs is None or max(self._costs.curves) < max_batch):
-            self._costs = load_batch_costs(self.lm, max_batch)
+            self._costs = load_batch_costs(self.lm, max_batch, self.ragged)
         return self._costs
 
-    def decoder(self, max_batch: int = 1, prefill_chunk: int = PREFILL_CHUNK) -> BatchDecoder:
+    def decoder(
+        self, max_batch: int = 1, prefill_chunk: int = PREFILL_CHUNK, prefix_cache_bytes: int = 0
+    ) -> BatchDecoder:
         """An idle batch of up to `max_batch` sequences on this model, its cost surface measured
-        now when drafts are sized automatically by default."""
+        now when drafts are sized automatically by default; with a prefix cache of
+        `prefix_cache_bytes` (0: none) shared by the requests it serves."""
         costs = self.costs(max_batch) if self.config.draft_size == "auto" else self._costs
-        return BatchDecoder(self.lm, max_batch, costs, prefill_chunk)
+        prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes else None
+        return BatchDecoder(self.lm, max_batch, costs, prefill_chunk, self.ragged, prefix_cache)
 
     def encode(self, prompt: PromptInput) -> np.ndarray:
         """Token ids of a prompt: ids as given; a string is one user message; messages go
@@ -199,6 +213,7 @@ class LookaheadGenerator:
             scanner,
             config.max_new_tokens,
             config.sampling.rule(),
+            config.reuse_prefix,
         )
 
     def generate(

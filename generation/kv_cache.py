@@ -49,7 +49,9 @@ class BatchLayer(CacheLayerMixin):
         plan = self._cache.plan
         self._reserve(plan.rows.stop, plan.kv_len)
         for buffer, states in ((self.keys, key_states), (self.values, value_states)):
-            if plan.start is not None:  # every row writes at the same place: a slice
+            if plan.ragged:  # [1, kv_heads, N, d]: token j to (row_index[j], position_index[j])
+                buffer[plan.row_index, :, plan.position_index] = states[0].transpose(0, 1)
+            elif plan.start is not None:  # every row writes at the same place: a slice
                 buffer[plan.rows, :, plan.start : plan.start + states.shape[2]] = states
             else:
                 buffer[plan.row_index, :, plan.position_index] = states.transpose(1, 2)
@@ -91,10 +93,30 @@ class BatchLayer(CacheLayerMixin):
 
 
 class WritePlan:
-    """Where the next forward pass writes: rows `rows`, row `i` at `[len_i, len_i + q)`."""
+    """Where the next forward pass writes: rows `rows`, row `i` at `[len_i, len_i + q)`; or,
+    for a ragged pass (`sizes`), row `i`'s `sizes[i]` tokens at `[len_i, len_i + sizes[i])`,
+    the rows' tokens flattened one after another."""
 
-    def __init__(self, rows: slice, starts: np.ndarray, q: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        rows: slice,
+        starts: np.ndarray,
+        q: int,
+        device: torch.device,
+        sizes: np.ndarray | None = None,
+    ) -> None:
         self.rows = rows
+        self.ragged = sizes is not None
+        if sizes is not None:
+            self.kv_len = int((starts + sizes).max())
+            self.start = None
+            rows_of = np.repeat(np.arange(rows.start, rows.stop), sizes)
+            positions = np.concatenate(
+                [s + np.arange(n) for s, n in zip(starts, sizes, strict=True)]
+            )
+            self.row_index = torch.from_numpy(rows_of).to(device)
+            self.position_index = torch.from_numpy(positions).to(device)
+            return
         self.kv_len = int(starts.max()) + q
         uniform = bool((starts == starts[0]).all())
         self.start = int(starts[0]) if uniform else None
@@ -119,11 +141,12 @@ class BatchKVCache(Cache):
         self.device = model.device
         self.plan = WritePlan(slice(0, 1), np.zeros(1, dtype=np.int64), 0, self.device)
 
-    def plan_forward(self, rows: slice, q: int) -> None:
-        """The next forward pass runs rows `rows` with `q` new tokens each, after their lengths."""
+    def plan_forward(self, rows: slice, q: int, sizes: np.ndarray | None = None) -> None:
+        """The next forward pass runs rows `rows` with `q` new tokens each, after their lengths
+        (or `sizes[i]` tokens in row `rows.start + i`, flattened: a ragged pass)."""
         if not 0 <= rows.start < rows.stop <= self.max_rows:
             raise ValueError(f"rows {rows} outside [0, {self.max_rows})")
-        self.plan = WritePlan(rows, self.lengths[rows], q, self.device)
+        self.plan = WritePlan(rows, self.lengths[rows], q, self.device, sizes)
 
     def extend(self, row: int, n: int) -> None:
         """Row `row` keeps the `n` entries its last pass wrote (a prefill chunk)."""
@@ -167,6 +190,17 @@ class BatchKVCache(Cache):
     def clear_row(self, row: int) -> None:
         """A new sequence starts in `row`: nothing of the old one stays visible."""
         self.lengths[row] = 0
+
+    def row_kv(self, row: int, tokens: int) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """Per layer, views `[kv_heads, >= tokens, head_dim]` of row `row`'s keys and values
+        (room for `tokens` made first); None before the first pass has shaped the buffers."""
+        if not all(layer.is_initialized for layer in self.layers):
+            return None
+        for layer in self.layers:
+            layer._reserve(row + 1, tokens)
+        return [layer.keys[row] for layer in self.layers], [
+            layer.values[row] for layer in self.layers
+        ]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """The longest row of the planned pass (models ask only when not given positions)."""

@@ -24,8 +24,8 @@ from transformers import (
 )
 
 from generation import bundled
+from generation.attention import use_sdpa_gqa
 from generation.defaults import DEFAULT_MODEL, DTYPE_NAMES, DTYPE_SETTINGS
-from generation.gqa_attention import use_sdpa_gqa
 from generation.packed_linear import pack_linear_layers
 
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
@@ -130,14 +130,15 @@ def load_model(
 def speed_up(model: PreTrainedModel) -> list[str]:
     """Apply the inference speed-ups that fit the model's device and dtype; returns their names.
 
-    On CPU: linears prepacked for oneDNN (float32/bfloat16) and sdpa without the key/value copy
-    for masked grouped-query blocks. Measured in docs/perf-notes.md; the logits stay those of
+    Linears prepacked for oneDNN (on CPU, float32/bfloat16) and the engine's attention
+    (`attention.py`: ragged verify passes; on CPU, sdpa without the key/value copy for masked
+    grouped-query blocks). Measured in docs/perf-notes.md; the logits stay those of
     the stock model up to float rounding (bit for bit for the attention change).
     """
     applied = []
     if pack_linear_layers(model):
         applied.append("packed_linear")
-    if model.device.type == "cpu" and use_sdpa_gqa(model):
+    if use_sdpa_gqa(model):
         applied.append("sdpa_gqa")
     return applied
 

@@ -145,6 +145,11 @@ class PrefixCache:
         self.stats.hits += match.n_tokens
         return match
 
+    def peek(self, tokens: Sequence[int] | np.ndarray) -> int:
+        """How many leading tokens of `tokens` a lookup would serve now; touches, pins and
+        counts nothing (what admission order asks of every waiting request)."""
+        return len(self._chain(tokens)) * self.block_size
+
     @torch.inference_mode()  # copies of the decoder's buffers, which may be inference tensors
     def insert(
         self,

@@ -34,6 +34,7 @@ class DecodeStats:
     """Per-request figures; times in seconds."""
 
     prompt_tokens: int = 0
+    prefix_tokens: int = 0  # prompt tokens whose KV came from the prefix cache, not a prefill
     queue_s: float = 0.0  # waiting for a batch row
     steps: int = 0
     tokens: int = 0
@@ -88,8 +89,12 @@ class Request:
         scanner: StopScanner,
         max_new_tokens: int,
         rule: AcceptRule = GREEDY,
+        reuse_prefix: bool = True,
     ) -> None:
+        """`reuse_prefix`: take the longest cached prefix of the prompt's KV from the decoder's
+        prefix cache (when it has one) and leave this prompt's KV there for others."""
         self.drafter, self.policy, self.scanner, self.rule = drafter, policy, scanner, rule
+        self.reuse_prefix = reuse_prefix
         self.context = np.empty(len(prompt) + max_new_tokens, dtype=np.int64)
         self.context[: len(prompt)] = prompt
         self.n = len(prompt)

@@ -7,12 +7,20 @@ its steps (b sequences, each with its own cache of a few hundred tokens and a tr
 padded to q rows, in one pass of `forward_blocks`; the argmax on the host; then `keep`), one
 curve t(q) per b (powers of two up to the largest batch), kept as JSON beside the converted
 models and interpolated between them (`BatchCosts`). A lone request is the curve at b = 1.
+
+A ragged decoder's curves are measured ragged: at mean size q, half the rows verify `2q - 1`
+nodes and half only their root (a confident sequence beside one with nothing to copy), so
+t(b, N / b) prices a pass of N tokens the way it runs. The start-up curve is a short
+measurement on a cache shorter than most RAG prompts, so the decoder corrects it by what its
+passes really take (`CostFeedback`). A measurement taken while other processes held the CPU
+(its own CPU time well under its wall time) is used but never cached.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import statistics
 import tempfile
@@ -35,7 +43,13 @@ STARTUP_QS = (1, 2, 4, 8, 16, 32)  # beyond 32: the last slope
 CONTEXT_LEN = 700
 GRID_ROWS = 128  # a start-up curve stops at b * q <= this (beyond: the last slope)
 # Bump when the verify pass changes how fast it runs, so cached curves are measured again.
-CURVE_VERSION = 1
+CURVE_VERSION = 2
+# A start-up measurement that got less than this share of the CPU time it asked for (threads x
+# wall time) ran beside something else: used, but not cached (the next start measures again).
+BUSY_SHARE = 0.6
+FEEDBACK_WEIGHT = 0.1  # of each observed pass in the running correction
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,6 +63,7 @@ class StepCostCurve:
     threads: int
     batch: int = 1
     context_len: int = CONTEXT_LEN
+    ragged: bool = False
 
     def __post_init__(self) -> None:
         if not self.t_ms or min(self.t_ms) < 1 or min(self.t_ms.values()) <= 0:
@@ -102,27 +117,41 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _step_ms(lm: LoadedModel, cache: BatchKVCache, draft: Draft, batch: int) -> float:
-    """One engine step's device work for `batch` rows verifying trees of `draft`'s shape in one
-    pass: verify, argmax to the host (this waits for the device), keep the root and a child."""
+def row_sizes(q: int, batch: int, ragged: bool) -> list[int]:
+    """Tree sizes of a measured pass at mean `q`: all `q` padded; ragged, half the rows `2q - 1`
+    and half 1 (an odd row out: `q`)."""
+    if not ragged or q == 1 or batch == 1:
+        return [q] * batch
+    half = batch // 2
+    return [2 * q - 1] * half + [1] * half + [q] * (batch % 2)
+
+
+def _step_ms(lm: LoadedModel, cache: BatchKVCache, drafts: list[Draft], ragged: bool) -> float:
+    """One engine step's device work for one row per draft verifying it, in one pass: verify,
+    argmax to the host (this waits for the device), keep the root and a child."""
+    batch = len(drafts)
     past_len = cache.lengths[:batch].copy()
     _synchronize(lm.device)
     t0 = time.perf_counter()
-    logits = forward_blocks(lm.model, cache, slice(0, batch), [Block.of_draft(draft)] * batch)
-    logits.argmax(dim=-1).cpu()
-    cache.keep(range(batch), [np.arange(min(2, len(draft)))] * batch)
+    blocks = [Block.of_draft(d) for d in drafts]
+    logits = forward_blocks(lm.model, cache, slice(0, batch), blocks, ragged=ragged)
+    for row in logits:
+        row.argmax(dim=-1).cpu()
+    cache.keep(range(batch), [np.arange(min(2, len(d))) for d in drafts])
     elapsed = (time.perf_counter() - t0) * 1e3
     cache.lengths[:batch] = past_len
     return elapsed
 
 
-def _stepper(lm: LoadedModel, context: np.ndarray, batch: int) -> Callable[[Draft], float]:
+def _stepper(
+    lm: LoadedModel, context: np.ndarray, batch: int, ragged: bool
+) -> Callable[[list[Draft]], float]:
     """A timed step of `batch` rows, each holding its own copy of `context`."""
     rows = BatchKVCache(lm.model, batch)
     prefill_row(lm.model, rows, 0, context, PREFILL_CHUNK)
     for row in range(1, batch):
         rows.copy_row(0, row)
-    return lambda draft: _step_ms(lm, rows, draft, batch)
+    return lambda drafts: _step_ms(lm, rows, drafts, ragged)
 
 
 def sample_step_costs(
@@ -133,10 +162,11 @@ def sample_step_costs(
     warmup: int = 2,
     seed: int = 0,
     batch: int = 1,
+    ragged: bool = False,
 ) -> list[dict[int, list[float]]]:
     """Per model, `repeats` step times (ms) for each `q`, interleaved round by round over the
     models and the `qs`, so that a noisy neighbour slows every one alike; `batch` sequences a
-    step."""
+    step, `q` nodes each on average (`row_sizes`)."""
     qs = sorted({int(q) for q in qs})
     if not qs or qs[0] < 1:
         raise ValueError(f"qs must be positive token counts, got {qs}")
@@ -151,20 +181,24 @@ def sample_step_costs(
     rng = np.random.default_rng(seed)
     vocab = min(lm.model.get_input_embeddings().num_embeddings for lm in lms)
     context = rng.integers(0, vocab, context_len)
-    steppers = [_stepper(lm, context, batch) for lm in lms]
+    steppers = [_stepper(lm, context, batch, ragged) for lm in lms]
     samples: list[dict[int, list[float]]] = [{q: [] for q in qs} for _ in lms]
     for round_ in range(warmup + repeats):
         for q in qs:
-            draft = tree_draft(q, rng, vocab)
+            drafts = [tree_draft(n, rng, vocab) for n in row_sizes(q, batch, ragged)]
             for step, times in zip(steppers, samples, strict=True):
-                ms = step(draft)
+                ms = step(drafts)
                 if round_ >= warmup:
                     times[q].append(ms)
     return samples
 
 
 def curve_from_samples(
-    lm: LoadedModel, samples: dict[int, list[float]], context_len: int, batch: int = 1
+    lm: LoadedModel,
+    samples: dict[int, list[float]],
+    context_len: int,
+    batch: int = 1,
+    ragged: bool = False,
 ) -> StepCostCurve:
     return StepCostCurve(
         t_ms={q: statistics.median(v) for q, v in samples.items()},
@@ -174,6 +208,7 @@ def curve_from_samples(
         threads=torch.get_num_threads(),
         batch=batch,
         context_len=context_len,
+        ragged=ragged,
     )
 
 
@@ -185,15 +220,16 @@ def measure_step_costs(
     warmup: int = 2,
     seed: int = 0,
     batch: int = 1,
+    ragged: bool = False,
 ) -> StepCostCurve:
     """The median step time of each `q` (see `sample_step_costs`)."""
-    samples = sample_step_costs([lm], qs, context_len, repeats, warmup, seed, batch)[0]
-    return curve_from_samples(lm, samples, context_len, batch)
+    samples = sample_step_costs([lm], qs, context_len, repeats, warmup, seed, batch, ragged)[0]
+    return curve_from_samples(lm, samples, context_len, batch, ragged)
 
 
-def curve_path(lm: LoadedModel, batch: int) -> Path:
-    """One file per model, device, dtype, thread count, speed-ups, torch version and batch
-    size."""
+def curve_path(lm: LoadedModel, batch: int, ragged: bool = False) -> Path:
+    """One file per model, device, dtype, thread count, speed-ups, torch version, batch size
+    and layout."""
     key = "|".join(
         map(
             str,
@@ -206,6 +242,7 @@ def curve_path(lm: LoadedModel, batch: int) -> Path:
                 torch.__version__,
                 CURVE_VERSION,
                 f"batch={batch}",
+                "ragged" if ragged else "padded",
             ),
         )
     )
@@ -214,18 +251,35 @@ def curve_path(lm: LoadedModel, batch: int) -> Path:
     return cache_dir() / "step_costs" / f"{stem}-{digest}.json"
 
 
-def load_or_measure(lm: LoadedModel, batch: int) -> StepCostCurve:
+def _measure_alone(lm: LoadedModel, batch: int, ragged: bool) -> tuple[StepCostCurve, bool]:
+    """A short measurement, and whether it had the CPU to itself (see BUSY_SHARE)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    curve = measure_step_costs(
+        lm, qs=batch_qs(batch), repeats=3, warmup=1, batch=batch, ragged=ragged
+    )
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    alone = lm.device.type != "cpu" or cpu >= BUSY_SHARE * wall * torch.get_num_threads()
+    return curve, alone
+
+
+def load_or_measure(lm: LoadedModel, batch: int, ragged: bool = False) -> StepCostCurve:
     """The cached curve of this set-up at `batch` sequences, or a short measurement (~1-2 s here
     per curve) saved for next time.
 
-    A corrupt or unreadable cache file is measured again, never trusted.
+    A corrupt or unreadable cache file is measured again, never trusted; a measurement that
+    never had the CPU to itself is used but not saved.
     """
-    path = curve_path(lm, batch)
+    path = curve_path(lm, batch, ragged)
     try:
         return StepCostCurve.from_json(path.read_text())
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    curve = measure_step_costs(lm, qs=batch_qs(batch), repeats=3, warmup=1, batch=batch)
+    curve, alone = _measure_alone(lm, batch, ragged)
+    if not alone:
+        log.warning(
+            "step costs at batch %d measured while the CPU was busy; used now, not cached", batch
+        )
+        return curve
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written beside and renamed: concurrent start-ups never read a half-written file.
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
@@ -268,6 +322,28 @@ class BatchCosts:
         return t_lo + np.maximum(t_hi - t_lo, 0.0) * (batch - lo) / (hi - lo)
 
 
-def load_batch_costs(lm: LoadedModel, max_batch: int) -> BatchCosts:
+def load_batch_costs(lm: LoadedModel, max_batch: int, ragged: bool = False) -> BatchCosts:
     """The cost surface up to `max_batch` sequences (cached per curve)."""
-    return BatchCosts({b: load_or_measure(lm, batch=b) for b in batch_sizes(max_batch)})
+    return BatchCosts({b: load_or_measure(lm, b, ragged) for b in batch_sizes(max_batch)})
+
+
+class CostFeedback:
+    """t(b, q) corrected by the passes a decoder really ran: per batch size, a running mean of
+    (measured - predicted) ms added to the surface (never below half of it). The start-up curve
+    is taken on 700-token caches; RAG rows are longer and mixed, which adds a roughly constant
+    attention cost per pass that this offset absorbs."""
+
+    def __init__(self, costs: BatchCosts, weight: float = FEEDBACK_WEIGHT) -> None:
+        self.costs = costs
+        self.weight = weight
+        self.offset_ms: dict[int, float] = {}
+
+    def times(self, batch: int, qs: np.ndarray) -> np.ndarray:
+        base = self.costs.times(batch, qs)
+        return np.maximum(base + self.offset_ms.get(batch, 0.0), 0.5 * base)
+
+    def observe(self, batch: int, q: float, ms: float) -> None:
+        """A pass of `batch` rows at (mean) `q` nodes took `ms`."""
+        error = ms - float(self.costs.times(batch, np.array([q]))[0])
+        old = self.offset_ms.get(batch, 0.0)
+        self.offset_ms[batch] = old + self.weight * (error - old)

@@ -3,10 +3,15 @@ probe that the model computes such passes exactly.
 
 A block is a draft tree (verify) or a run of prompt tokens (prefill chunk): its tokens, their
 depths below the row's length (`position_ids = len_i + depth`) and which of the block's tokens
-each one sees. Row `i` of the float 4D mask `[b, 1, q, max_i len_i + q]` shows query `j` the
-row's own cached prefix `[0, len_i)` and the block tokens it sees; blocks shorter than `q` are
-padded with queries that see only key 0 (something finite, so no softmax row is all-hidden)
-and whose logits are ignored. Generic over architectures through transformers' custom 4D mask.
+each one sees. Two layouts:
+
+- padded: row `i` of the float 4D mask `[b, 1, q, max_i len_i + q]` shows query `j` the row's
+  own cached prefix `[0, len_i)` and the block tokens it sees; blocks shorter than `q` are
+  padded with queries that see only key 0 (something finite, so no softmax row is all-hidden)
+  and whose logits are ignored. Generic over architectures through transformers' custom 4D mask.
+- ragged (blocks of different sizes, on models that run `attention.py`): the blocks flattened
+  into one sequence of `sum n_i` tokens, so a row pays for the nodes it verifies, not for the
+  longest tree (`attention.RaggedLayout`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from generation.attention import RaggedLayout, runs_ragged
 from generation.kv_cache import BatchKVCache
 from generation.models import UnsupportedModelError
 from trie_store.draft import Draft, ancestor_mask
@@ -62,10 +68,39 @@ def block_inputs(
         visible[i, :n, :start] = True
         visible[i, :n, start : start + n] = block.sees
         visible[i, n:, 0] = True
-    mask = torch.zeros((b, 1, q, kv_len), dtype=dtype, device=device)
-    hidden = torch.from_numpy(~visible).to(device).unsqueeze(1)
-    mask.masked_fill_(hidden, torch.finfo(dtype).min)
-    return torch.from_numpy(ids).to(device), torch.from_numpy(positions).to(device), mask
+    ids, positions = torch.from_numpy(ids).to(device), torch.from_numpy(positions).to(device)
+    return ids, positions, _float_mask(visible[:, None], dtype, device)
+
+
+def _float_mask(visible: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """0 where a key is seen, the dtype's lowest value where it is hidden."""
+    mask = torch.zeros(visible.shape, dtype=dtype, device=device)
+    return mask.masked_fill_(torch.from_numpy(~visible).to(device), torch.finfo(dtype).min)
+
+
+def ragged_inputs(
+    blocks: Sequence[Block], lengths: np.ndarray, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, RaggedLayout]:
+    """`input_ids [1, N]` and `position_ids [1, N]` of the flattened blocks, and their layout."""
+    sizes = np.array([len(block) for block in blocks])
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    ids = np.concatenate([block.tokens for block in blocks])[None]
+    positions = np.concatenate([s + block.depth for s, block in zip(lengths, blocks, strict=True)])
+    roots = np.arange(int((lengths + sizes).max()))[None] <= lengths[:, None]
+    tree_masks: list[torch.Tensor | None] = []
+    for start, block in zip(lengths.tolist(), blocks, strict=True):
+        n = len(block)
+        if n == 1:
+            tree_masks.append(None)
+            continue
+        visible = np.ones((n - 1, start + n), dtype=bool)
+        visible[:, start:] = block.sees[1:]
+        tree_masks.append(_float_mask(visible[None, None], dtype, device))
+    layout = RaggedLayout(
+        offsets, sizes, _float_mask(roots[:, None, None], dtype, device), tree_masks
+    )
+    ids, positions = torch.from_numpy(ids).to(device), torch.from_numpy(positions[None]).to(device)
+    return ids, positions, layout
 
 
 @torch.inference_mode()
@@ -75,26 +110,40 @@ def forward_blocks(
     rows: slice,
     blocks: Sequence[Block],
     logits_to_keep: int = 0,
-) -> torch.Tensor:
-    """Logits `[b, q, vocab]` (the last `logits_to_keep` queries, 0 = all) of one pass over
-    `blocks[j]` in cache row `rows.start + j`; the blocks' entries are written after each row's
-    length, which the caller then advances (`BatchKVCache.keep` / `extend`)."""
+    ragged: bool = False,
+) -> list[torch.Tensor]:
+    """Per block, the logits `[n, vocab]` of its tokens (the last `logits_to_keep` of the
+    padded pass, 0 = all) in one pass over `blocks[j]` in cache row `rows.start + j`; the blocks'
+    entries are written after each row's length, which the caller then advances
+    (`BatchKVCache.keep` / `extend`). `ragged`: flatten blocks of different sizes (the model
+    must run `attention.py`)."""
     if rows.stop - rows.start != len(blocks):
         raise ValueError(f"{len(blocks)} blocks for rows {rows}")
-    q = max(map(len, blocks))
-    cache.plan_forward(rows, q)
-    input_ids, position_ids, mask = block_inputs(
-        blocks, cache.lengths[rows], model.dtype, model.device
-    )
-    out = model(
+    sizes = np.array([len(block) for block in blocks])
+    lengths = cache.lengths[rows]
+    if ragged and (sizes != sizes[0]).any():
+        cache.plan_forward(rows, 0, sizes)
+        input_ids, position_ids, layout = ragged_inputs(blocks, lengths, model.dtype, model.device)
+        logits = model(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=layout.root_mask,  # passed through as is; the layout decides
+            ragged_layout=layout,
+            cache=cache,
+            use_cache=True,
+        ).logits[0]
+        return list(torch.split(logits, sizes.tolist()))
+    cache.plan_forward(rows, int(sizes.max()))
+    input_ids, position_ids, mask = block_inputs(blocks, lengths, model.dtype, model.device)
+    logits = model(
         input_ids=input_ids,
         position_ids=position_ids,
         attention_mask=mask,
         cache=cache,
         use_cache=True,
         logits_to_keep=logits_to_keep,
-    )
-    return out.logits
+    ).logits
+    return [logits[i, : min(len(block), logits.shape[1])] for i, block in enumerate(blocks)]
 
 
 @torch.inference_mode()
@@ -135,13 +184,13 @@ def _probe_draft(true: np.ndarray, wrong: np.ndarray, start: int) -> Draft:
 
 
 @torch.inference_mode()
-def check_tree_attention(model: PreTrainedModel) -> None:
+def check_tree_attention(model: PreTrainedModel) -> bool:
     """Raise UnsupportedModelError unless draft trees get the logits plain decoding gets, alone
-    and in a batch.
+    and in a batch; return whether the ragged layout gets them too (else the padded one runs).
 
     Architecture lists go stale; a probe does not. Twelve tokens; alone: four cached (prefilled
     in chunks), then a tree; batched: three rows with 4, 1 and 6 cached tokens, each with such a
-    tree, one of them cut short so that it is padded, in one pass.
+    tree, one of them cut short so that it is padded (or flattened, ragged), in one pass.
     """
     vocab = model.get_input_embeddings().num_embeddings
     ids = (torch.arange(12, device=model.device) * 7919 + 11) % vocab
@@ -177,10 +226,21 @@ def check_tree_attention(model: PreTrainedModel) -> None:
             f"(per-row position ids and 4D mask) than to plain decoding ({worst:.3g}, "
             f"relative); batched lookahead decoding would not be lossless"
         )
+    if not runs_ragged(model):
+        return False
+    try:
+        ragged = _probe_rows(model, true, wrong, _PROBE_BATCH, ragged=True)
+    except Exception:  # e.g. an attention feature the ragged pass does not model: padded runs
+        return False
+    return error(ragged) <= tolerance
 
 
 def _probe_rows(
-    model: PreTrainedModel, true: np.ndarray, wrong: np.ndarray, starts: tuple[int, ...]
+    model: PreTrainedModel,
+    true: np.ndarray,
+    wrong: np.ndarray,
+    starts: tuple[int, ...],
+    ragged: bool = False,
 ) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
     """Per row: its cached length, the true path's logits, and their depths."""
     cache = BatchKVCache(model, len(starts))
@@ -190,12 +250,11 @@ def _probe_rows(
         drafts.append(_probe_draft(true, wrong, start))
     if len(drafts) > 1:
         drafts[1] = drafts[1].truncate(2)  # padded to the others' six nodes
-    logits = forward_blocks(
-        model, cache, slice(0, len(drafts)), [Block.of_draft(d) for d in drafts]
-    )
+    blocks = [Block.of_draft(d) for d in drafts]
+    logits = forward_blocks(model, cache, slice(0, len(drafts)), blocks, ragged=ragged)
     out = []
     for row, (start, draft) in enumerate(zip(starts, drafts, strict=True)):
         path = _PROBE_PATH[len(draft) > _PROBE_PATH]
-        depth = torch.from_numpy(draft.depth[path].astype(np.int64)).to(logits.device)
-        out.append((start, logits[row, path].float(), depth))
+        depth = torch.from_numpy(draft.depth[path].astype(np.int64)).to(logits[row].device)
+        out.append((start, logits[row][path].float(), depth))
     return out

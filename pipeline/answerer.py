@@ -24,6 +24,7 @@ from generation import (
     SamplingParams,
     load_model,
 )
+from generation.defaults import prefix_cache_bytes
 from pipeline.config import GenerationSection, ModelSection, NgramsSection
 from pipeline.prompt import BASE_STOP, base_render, build_prompt, chat_render, completion_render
 from pipeline.wire import (
@@ -83,6 +84,7 @@ def answer_stats(stats: DecodeStats, lookahead: bool) -> AnswerStats:
         accepted_tokens=int(sum(stats.accepted)),
         decode_seconds=stats.prefill_s + stats.draft_s + stats.forward_s + stats.accept_s,
         lookahead=lookahead,
+        cached_prompt_tokens=stats.prefix_tokens,
     )
 
 
@@ -161,6 +163,12 @@ class Answerer:
         budget = self.settings.max_prompt_tokens
         return budget if window is None else min(budget, window - max_tokens)
 
+    def prefix_cache_bytes(self) -> int:
+        """Bytes of prompt KV the replica's decoder keeps for reuse; 0: no prefix cache."""
+        if not self.settings.prefix_cache:
+            return 0
+        return prefix_cache_bytes(self.settings.prefix_cache_bytes, str(self.generator.lm.device))
+
     def prepare(self, job: GenerationJob) -> Prepared:
         """The job's prompt within the context budget, its decoding settings and its drafter.
         Raises `ContextTooLongError` when the request alone does not fit."""
@@ -173,13 +181,18 @@ class Answerer:
             render = base_render(self.tokenizer, job.messages)
             stop = (*stop, *(s for s in BASE_STOP if s not in stop))
         prompt = build_prompt(
-            self.tokenizer, render, job.passages[: job.top_k], self.budget(job.max_tokens)
+            self.tokenizer,
+            render,
+            job.passages[: job.top_k],
+            self.budget(job.max_tokens),
+            self.settings.passage_order,
         )
         config = LookaheadConfig(
             max_new_tokens=job.max_tokens,
             stop=stop,
             draft_size=self.settings.draft_size if job.lookahead else 0,
             max_draft_size=self.settings.max_draft,
+            reuse_prefix=job.prefix_cache,
             sampling=SamplingParams(
                 temperature=job.temperature,
                 top_p=job.top_p,
@@ -188,7 +201,8 @@ class Answerer:
             ),
         )
         # Retrieved passages that did not make it into the prompt still seed the trie: the
-        # answer often quotes them. Those in the prompt are seeded through the prompt itself.
+        # answer often quotes them. Those in the prompt (the best ones, whatever their order
+        # there) are seeded through the prompt itself.
         extra = [self._encode(p.text) for p in job.passages[len(prompt.passages) :]]
         shared = self.ngrams.global_trie() if self.ngrams is not None else None
         return Prepared(

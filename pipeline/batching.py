@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING
 from generation.defaults import batch_size
 from pipeline.answerer import Answerer, Prepared
 from pipeline.config import Config
-from pipeline.wire import Answer, Event, Finished, GenerationJob, ServingStats, Started
+from pipeline.wire import (
+    Answer,
+    Event,
+    Finished,
+    GenerationJob,
+    PrefixCacheCounts,
+    ServingStats,
+    Started,
+)
 
 if TYPE_CHECKING:
     from generation import DecodeStats
@@ -48,7 +56,9 @@ class AnswerBatch:
 
     def __init__(self, answerer: Answerer, max_batch: int) -> None:
         self.answerer = answerer
-        self.decoder = answerer.generator.decoder(max_batch)
+        self.decoder = answerer.generator.decoder(
+            max_batch, prefix_cache_bytes=answerer.prefix_cache_bytes()
+        )
         self._jobs: dict[int, _Job] = {}
         self._counts = ServingStats()
 
@@ -61,8 +71,19 @@ class AnswerBatch:
         return bool(self._jobs)
 
     def serving(self) -> ServingStats:
-        """The load now (read from the decoder's rows and queue) and the counts so far."""
-        return replace(self._counts, running=self.decoder.live, waiting=self.decoder.waiting)
+        """The load now (read from the decoder's rows and queue), the counts so far, and the
+        decoder's prefix cache (if it has one)."""
+        cache = self.decoder.prefix_cache
+        counts = None
+        if cache is not None:
+            stats = cache.stats
+            counts = PrefixCacheCounts(stats.queries, stats.hits, stats.evictions, stats.bytes)
+        return replace(
+            self._counts,
+            running=self.decoder.live,
+            waiting=self.decoder.waiting,
+            prefix_cache=counts,
+        )
 
     def add(self, job: GenerationJob) -> tuple[int, Started]:
         """Prepare and check `job`, then queue it; its handle and `Started` event. Raises what
@@ -75,6 +96,10 @@ class AnswerBatch:
         handle = self.decoder.add(request)
         self._jobs[handle] = _Job(prepared, request.stats)
         return handle, self.answerer.started(prepared, self.serving())
+
+    def queued(self, handle: int) -> bool:
+        """Whether the job still waits for a row (it has not begun prefilling)."""
+        return self.decoder.is_waiting(handle)
 
     def cancel(self, handle: int) -> None:
         """Drop a job, queued or decoding: its row is free for the next step."""

@@ -31,6 +31,9 @@ from generation.defaults import DEFAULT_MODEL, DTYPE_SETTINGS, MAX_DRAFT_SIZE, b
 from trie_store.sharing.sync import SyncConfig
 
 ENV_PREFIX = "LOOKAHEAD_RAG__"
+# Passages in the prompt: by document and position (requests retrieving the same passages share
+# the whole context, so its KV is reused), or best first.
+PassageOrder = Literal["document", "score"]
 
 
 class _Section(BaseModel):
@@ -65,6 +68,11 @@ class GenerationSection(_Section):
     max_draft: int = Field(MAX_DRAFT_SIZE, ge=0)  # upper bound on drafted nodes per step
     # Sequences a Generator (or a batch actor) decodes together; auto: 8 on CPU, 32 on a GPU.
     max_batch: PositiveInt | Literal["auto"] = "auto"
+    # Reuse the KV of prompt prefixes computed before (exact: same tokens, same positions), up
+    # to prefix_cache_bytes per replica; auto: 1 GiB on CPU, 4 GiB on a GPU.
+    prefix_cache: bool = True
+    prefix_cache_bytes: PositiveInt | Literal["auto"] = "auto"
+    passage_order: PassageOrder = "document"  # see pipeline.prompt; docs/architecture.md why
 
 
 class NgramsSection(_Section):
@@ -89,6 +97,15 @@ class LimitsSection(_Section):
     # Requests a Generator replica keeps waiting for a batch row; past them: 503 + Retry-After.
     max_queued: int = Field(32, ge=0)
     retry_after_s: float = Field(1.0, gt=0)  # what a refused client is told to wait
+    # How long a request may wait for a Generator replica to take it, and then for a batch row;
+    # past it, 503 `queue_timeout` (an error event once its stream has begun).
+    max_queue_wait_s: float = Field(60.0, gt=0)
+    # A stream with nothing to send for this long gets an SSE comment (keep-alive); a streamed
+    # request admitted but not started within it gets its response headers then.
+    keepalive_s: float = Field(5.0, gt=0)
+    # A connection must send a request's whole header block within this (else it is closed,
+    # with a 408): kept by the Serve proxy of a local Ray (`pipeline.header_deadline`).
+    header_timeout_s: float = Field(10.0, gt=0)
 
 
 class DeploymentSection(_Section):

@@ -41,15 +41,24 @@ class JobRequest:
     stop: tuple[str, ...] = ()
     rag: bool = True  # False: no retrieval at all
     lookahead: bool = True  # False: plain decoding (also when the settings turn it off)
+    prefix_cache: bool = True  # False: no prefix KV reuse (also when the settings turn it off)
     temperature: float = 0.0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    from_question: bool = False  # made by `question`: errors name the `question` field
 
     @classmethod
     def question(cls, question: str, **options: Any) -> JobRequest:
         """One user question, as `/v1/rag`, `ask` and the batch job put it."""
-        return cls(messages=({"role": "user", "content": question},), **options)
+        return cls(messages=({"role": "user", "content": question},), from_question=True, **options)
+
+    @property
+    def text_param(self) -> str:
+        """The request field that holds its text, as the caller named it."""
+        if self.from_question:
+            return "question"
+        return "prompt" if self.prompt is not None else "messages"
 
     @property
     def query(self) -> str:
@@ -63,7 +72,8 @@ class JobRequest:
         if self.prompt is not None:
             yield "prompt", self.prompt
         for i, message in enumerate(self.messages):
-            yield f"messages[{i}].content", message["content"]
+            field = "question" if self.from_question else f"messages[{i}].content"
+            yield field, message["content"]
         for i, stop in enumerate(self.stop):
             yield f"stop[{i}]", stop
 
@@ -84,7 +94,7 @@ def plan_job(request: JobRequest, config: Config) -> Plan:
     """Apply the settings' defaults and limits to `request`; raises `PlanError`."""
     limits = config.limits
     if not isinstance(request.query, str) or is_blank(request.query):
-        raise PlanError("the question must not be empty", _text_param(request), "invalid_value")
+        raise PlanError("the question must not be empty", request.text_param, "invalid_value")
     for param, text in request.texts():
         if isinstance(text, str) and (problem := unicode_problem(text)):
             raise PlanError(f"{param} is {problem}", param, "invalid_value")
@@ -92,7 +102,7 @@ def plan_job(request: JobRequest, config: Config) -> Plan:
     if chars > limits.max_input_chars:
         raise PlanError(
             f"the input is {chars} characters; the limit is {limits.max_input_chars}",
-            _text_param(request),
+            request.text_param,
             "input_too_long",
             status=413,
         )
@@ -109,6 +119,7 @@ def plan_job(request: JobRequest, config: Config) -> Plan:
         max_tokens=max_tokens,
         stop=tuple(request.stop),
         lookahead=request.lookahead and config.generation.lookahead,
+        prefix_cache=request.prefix_cache and config.generation.prefix_cache,
         temperature=request.temperature if request.temperature >= MIN_TEMPERATURE else 0.0,
         top_p=request.top_p,
         repetition_penalty=request.repetition_penalty,
@@ -116,10 +127,6 @@ def plan_job(request: JobRequest, config: Config) -> Plan:
     )
     retrieve_k = max(top_k, config.retrieval.seed_k) if request.rag else 0
     return Plan(request.query, retrieve_k, template)
-
-
-def _text_param(request: JobRequest) -> str:
-    return "prompt" if request.prompt is not None else "messages"
 
 
 def _check_range(name: str, value: int, lo: int, hi: int) -> None:

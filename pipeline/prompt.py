@@ -1,8 +1,13 @@
 """The prompt: retrieved passages + the conversation, within a token budget it never exceeds.
 
-Passages go in best first while they fit; the first one that does not fit is cut to the room
-left (when that room is worth having), and the rest stay out. Every candidate prompt is
-tokenised whole, so the count is exact: no estimate, no overflow of the model's window.
+The instruction comes first, then the passages, then the question, so that requests share the
+longest prefix they can (the decoder reuses the KV of a prefix it has computed before). Which
+passages go in is decided best first: each goes in while it fits; the first one that does not
+fit is cut to the room left (when that room is worth having), and the rest stay out. Their order
+in the prompt is `document` (by document, then position in it: requests that retrieve the same
+passages, in whatever ranking, share the whole context) or `score` (best first). Every candidate
+prompt is tokenised whole, in its final order, so the count is exact: no estimate, no overflow
+of the model's window.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Protocol
 
 from transformers import PreTrainedTokenizerBase
 
+from pipeline.config import PassageOrder
 from pipeline.wire import ContextTooLongError
 
 SYSTEM_INSTRUCTION = (
@@ -28,6 +34,8 @@ MIN_PASSAGE_TOKENS = 32
 
 class PassageLike(Protocol):
     id: str
+    doc_id: str
+    start: int  # where the passage starts in its document
     title: str
     text: str
 
@@ -35,17 +43,27 @@ class PassageLike(Protocol):
 @dataclass(frozen=True)
 class BuiltPrompt:
     token_ids: list[int]
-    passages: list[PassageLike]  # those in the prompt, best first (the last one may be cut)
-    cut_last: bool  # the last passage was shortened to fit
+    passages: list[PassageLike]  # those in the prompt, in prompt order ([1], [2], ...)
+    cut_last: bool  # the lowest-ranked passage in it (the last one chosen) was shortened to fit
 
 
 Render = Callable[[str], str]  # context block ("" for none) -> the whole prompt text
 
 
-def context_block(passages: Sequence[PassageLike], texts: Sequence[str] | None = None) -> str:
-    texts = [p.text for p in passages] if texts is None else texts
+def document_order(passage: PassageLike) -> tuple[str, int, str]:
+    return passage.doc_id, passage.start, passage.id
+
+
+def context_block(passages: Sequence[PassageLike], texts: Sequence[str]) -> str:
     pairs = zip(passages, texts, strict=True)
     return "\n\n".join(f"[{i}] {p.title}\n{text}" for i, (p, text) in enumerate(pairs, 1))
+
+
+def prompt_order(passages: Sequence[PassageLike], order: PassageOrder) -> list[int]:
+    """Indices of `passages` (best first) in the order they take in the prompt."""
+    if order == "score":
+        return list(range(len(passages)))
+    return sorted(range(len(passages)), key=lambda i: document_order(passages[i]))
 
 
 def chat_render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]]) -> Render:
@@ -98,11 +116,20 @@ def build_prompt(
     render: Render,
     passages: Sequence[PassageLike],
     budget: int,
+    order: PassageOrder = "document",
 ) -> BuiltPrompt:
-    """The longest best-first run of `passages` whose prompt is at most `budget` tokens."""
+    """The longest best-first run of `passages` whose prompt is at most `budget` tokens, the
+    passages in `order`."""
 
     def encode(text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False)
+
+    def prompt_ids(chosen: Sequence[PassageLike], texts: Sequence[str]) -> list[int]:
+        where = prompt_order(chosen, order)
+        return encode(render(context_block([chosen[i] for i in where], [texts[i] for i in where])))
+
+    def in_order(chosen: list[PassageLike]) -> list[PassageLike]:
+        return [chosen[i] for i in prompt_order(chosen, order)]
 
     ids = encode(render(""))
     if len(ids) > budget:
@@ -113,22 +140,23 @@ def build_prompt(
     chosen: list[PassageLike] = []
     texts: list[str] = []
     for passage in passages:
-        candidate = encode(render(context_block([*chosen, passage], [*texts, passage.text])))
+        candidate = prompt_ids([*chosen, passage], [*texts, passage.text])
         if len(candidate) <= budget:
             chosen.append(passage)
             texts.append(passage.text)
             ids = candidate
             continue
-        cut = _cut_to_fit(encode, render, chosen, texts, passage, budget, len(candidate) - budget)
+        overflow = len(candidate) - budget
+        cut = _cut_to_fit(encode, prompt_ids, chosen, texts, passage, budget, overflow)
         if cut is not None:
-            return BuiltPrompt(cut, [*chosen, passage], cut_last=True)
+            return BuiltPrompt(cut, in_order([*chosen, passage]), cut_last=True)
         break
-    return BuiltPrompt(ids, chosen, cut_last=False)
+    return BuiltPrompt(ids, in_order(chosen), cut_last=False)
 
 
 def _cut_to_fit(
     encode: Callable[[str], list[int]],
-    render: Render,
+    prompt_ids: Callable[[Sequence[PassageLike], Sequence[str]], list[int]],
     chosen: list[PassageLike],
     texts: list[str],
     passage: PassageLike,
@@ -141,7 +169,7 @@ def _cut_to_fit(
     keep = len(encode(passage.text)) - overflow
     while keep >= MIN_PASSAGE_TOKENS:
         text = _prefix_within(encode, passage.text, keep)
-        ids = encode(render(context_block([*chosen, passage], [*texts, text])))
+        ids = prompt_ids([*chosen, passage], [*texts, text])
         if len(ids) <= budget:
             return ids
         keep -= len(ids) - budget

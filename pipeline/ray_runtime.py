@@ -43,15 +43,25 @@ def bind_replica_grpc_to_loopback() -> None:
     )
 
 
-def _local_runtime_env() -> dict:
+def setup_worker() -> None:
+    """Worker setup hook of a local Ray: replicas' gRPC on loopback, and the Serve proxy's
+    deadline on request headers (`pipeline.header_deadline`, when its setting is in
+    the environment)."""
+    from pipeline import header_deadline
+
+    bind_replica_grpc_to_loopback()
+    header_deadline.install_from_env()
+
+
+def _local_runtime_env(config: Config) -> dict:
     """Workers import this very source tree (a checkout may shadow an installed copy), then run
-    the loopback hook; a hook they could not import would make every worker fail to start."""
+    the setup hook; a hook they could not import would make every worker fail to start."""
+    from pipeline.header_deadline import ENV
+
     root = str(Path(__file__).absolute().parent.parent)
     paths = [root, *filter(None, [os.environ.get("PYTHONPATH")])]
-    return {
-        "env_vars": {"PYTHONPATH": os.pathsep.join(paths)},
-        "worker_process_setup_hook": f"{__name__}.bind_replica_grpc_to_loopback",
-    }
+    env = {"PYTHONPATH": os.pathsep.join(paths), ENV: str(config.limits.header_timeout_s)}
+    return {"env_vars": env, "worker_process_setup_hook": f"{__name__}.{setup_worker.__name__}"}
 
 
 def start(config: Config, quiet: bool = False) -> None:
@@ -77,7 +87,7 @@ def connect(config: Config, quiet: bool = False) -> None:
                 include_dashboard=False,
                 logging_level=logging.WARNING,
                 log_to_driver=not quiet,
-                runtime_env=_local_runtime_env(),
+                runtime_env=_local_runtime_env(config),
             )
 
 

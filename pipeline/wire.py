@@ -1,5 +1,7 @@
-"""What crosses between the ingress and the Generator: a `GenerationJob` one way; `Started`, then
-`Delta`s, then `Finished` back.
+"""What crosses between the ingress and the Generator: a `GenerationJob` one way; back, from a
+Serve Generator replica, `Admitted` (at once), `Started`, `Queued` (only while it waits for a batch
+row), then `Delta`s, then `Finished`; in-process and batch paths send `Started`, `Delta`s,
+`Finished`.
 
 The same types flow in-process (`RagPipeline.stream`) and across Ray, so they are small frozen
 dataclasses that pickle cheaply, in a module that imports neither torch nor Ray. The HTTP
@@ -33,6 +35,7 @@ class GenerationJob:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     lookahead: bool = True
+    prefix_cache: bool = True  # False: its prompt neither reuses cached KV nor is cached
     # Sampling (`generation.SamplingParams`); the defaults are greedy decoding.
     temperature: float = 0.0
     top_p: float = 1.0
@@ -80,6 +83,17 @@ QUEUE_BOUNDS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)  # se
 
 
 @dataclass(frozen=True)
+class PrefixCacheCounts:
+    """A replica's prefix cache as vLLM counts it: prompt tokens looked up and served from it,
+    blocks evicted (counters), and its size in bytes now."""
+
+    queries: int = 0
+    hits: int = 0
+    evictions: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
 class ServingStats:
     """A Generator replica's batch: its load now and its decoding so far (counters only grow).
 
@@ -95,6 +109,7 @@ class ServingStats:
     draft_tokens: int = 0
     accepted_tokens: int = 0
     accepted_per_position: tuple[int, ...] = ()
+    prefix_cache: PrefixCacheCounts | None = None  # None: the replica has no prefix cache
 
 
 def replica_name() -> str:
@@ -144,6 +159,22 @@ class Retrieved:
 
 
 @dataclass(frozen=True)
+class Admitted:
+    """The Generator replica took the request (it will decode it or keep it queued), sent the
+    moment it passes the replica's gate, before the request is prepared: a client hears within
+    a moment that it was admitted, even while the model thread is busy with a long step."""
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The request waits for a batch row: `ahead` requests get one before it, and it leaves the
+    queue with `QueueTimeoutError` if it has none after `max_wait_s` (from its admission)."""
+
+    ahead: int
+    max_wait_s: float
+
+
+@dataclass(frozen=True)
 class Started:
     prompt_tokens: int
     sources: tuple[SourceRef, ...]
@@ -175,6 +206,7 @@ class AnswerStats:
     accepted_tokens: int  # drafted nodes accepted, all steps
     decode_seconds: float  # prefill and every step
     lookahead: bool
+    cached_prompt_tokens: int = 0  # prompt tokens whose KV the prefix cache served
 
 
 @dataclass(frozen=True)
@@ -185,7 +217,7 @@ class Finished:
     replica: ReplicaMetrics | None = None
 
 
-Event = Started | Delta | Finished
+Event = Admitted | Started | Queued | Delta | Finished
 
 
 @dataclass
@@ -204,7 +236,7 @@ class Answer:
             self.index_version = event.index_version
         elif isinstance(event, Delta):
             self.text += event.text
-        else:
+        elif isinstance(event, Finished):
             self.finished = event
 
     @classmethod

@@ -4,8 +4,14 @@ import os
 from collections.abc import Callable, Mapping
 
 import pytest
+from hypothesis import settings
 
 from benchmarks.local_redis import LocalRedis
+
+# Property tests check behaviour, never speed: no per-example deadline (CI may run on a loaded
+# machine, where a 200 ms default fails examples that are merely slow).
+settings.register_profile("no_deadline", deadline=None)
+settings.load_profile("no_deadline")
 
 APP_PREFIX = "LOOKAHEAD_RAG__"
 

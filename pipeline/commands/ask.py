@@ -119,11 +119,13 @@ def show(stream: Iterable[dict], out: TextIO = sys.stdout) -> dict | None:
         kind = payload["type"]
         if kind == "start":
             sources = payload["sources"]
+        elif kind == "queued":
+            print(f"(queued: {payload['ahead']} requests ahead)", file=sys.stderr)
         elif kind == "delta":
             text += payload["text"]
             out.write(payload["text"])
             out.flush()
-        else:
+        elif kind == "end":
             stats, usage = payload["stats"], payload["usage"]
             out.write("\n\nsources:\n")
             for i, s in enumerate(sources, 1):

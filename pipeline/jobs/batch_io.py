@@ -51,6 +51,7 @@ STATS_TYPE = pa.struct(
         ("accepted_tokens", pa.int64()),
         ("decode_seconds", pa.float64()),
         ("lookahead", pa.bool_()),
+        ("cached_prompt_tokens", pa.int64()),
     ]
 )
 RECORD_SCHEMA = pa.schema(

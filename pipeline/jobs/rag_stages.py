@@ -53,11 +53,14 @@ class ServiceAnswerer:
     ) -> list[dict[str, Any] | Exception]:
         from pipeline.batching import answer_all
 
-        jobs = [batch_job(q, p, self.config) for q, p in zip(questions, passages, strict=True)]
-        return [
-            answer if isinstance(answer, Exception) else _fields_or_error(answer)
-            for answer in answer_all(self.batch, jobs)
-        ]
+        # Questions that retrieved the same passages share their prompt up to the question:
+        # queued side by side, the first one's prefill is the others' prefix cache hit.
+        order = sorted(range(len(questions)), key=lambda i: [p.id for p in passages[i]])
+        jobs = [batch_job(questions[i], passages[i], self.config) for i in order]
+        answers: list[dict[str, Any] | Exception] = [{}] * len(order)
+        for i, answer in zip(order, answer_all(self.batch, jobs), strict=True):
+            answers[i] = answer if isinstance(answer, Exception) else _fields_or_error(answer)
+        return answers
 
     def flush(self) -> None:
         """Push this block's n-grams and pull the others' (one store round trip each)."""

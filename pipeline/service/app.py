@@ -6,7 +6,8 @@ composed with a Retriever and a Generator deployment through `DeploymentHandle`s
   searches (`retrieval.live`).
 - Generator: holds the model; its `BatchScheduler` decodes every admitted request in one
   continuous batch (one forward pass per step for all), queues the rest up to
-  `limits.max_queued` and refuses beyond that with 503 + Retry-After.
+  `limits.max_queued` (each for `limits.max_queue_wait_s` at most) and refuses beyond that with
+  503 + Retry-After.
 - IndexBuilder (only with admin keys): applies the admin route's corpus changes one at a time,
   off the request path, each as a new index version (`pipeline.index_builder`).
 - Ingress: validation, retrieval -> generation, JSON or SSE, metrics, the admin routes.
@@ -102,7 +103,9 @@ class Generator:
         from pipeline.batching import load_batch
 
         limits = config.limits
-        self.scheduler = BatchScheduler(limits.max_queued, limits.retry_after_s)
+        self.scheduler = BatchScheduler(
+            limits.max_queued, limits.retry_after_s, limits.max_queue_wait_s
+        )
         # On the thread that will run every step (see BatchScheduler.call).
         self.batch = self.scheduler.start(partial(load_batch, config))
 

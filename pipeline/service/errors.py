@@ -55,25 +55,41 @@ class ReplicaDiedError(BackendUnavailableError):
     may run again on another replica."""
 
 
-class QueueFullError(BackendUnavailableError):
-    """A Generator replica has every batch row taken and its wait queue full: the request is
-    refused at once rather than queued without bound."""
+class RetryLaterError(BackendUnavailableError):
+    """A Generator replica cannot take or keep the request now: 503 with its `code` and a
+    `Retry-After` of `retry_after_s`."""
+
+    code = "backend_unavailable"
 
     def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message, retry_after_s)
+        super().__init__(message, retry_after_s)  # both in args: it pickles across Ray
         self.retry_after_s = retry_after_s
 
     def __str__(self) -> str:
         return self.args[0]
 
 
+class QueueFullError(RetryLaterError):
+    """A Generator replica has every batch row taken and its wait queue full: the request is
+    refused at once rather than queued without bound."""
+
+    code = "queue_full"
+
+
+class QueueTimeoutError(RetryLaterError):
+    """An admitted request waited `limits.max_queue_wait_s` without getting a batch row: it
+    leaves the queue rather than wait without bound."""
+
+    code = "queue_timeout"
+
+
 def to_api_error(exc: Exception) -> ApiError:
     """The API error for any exception a route lets through."""
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, QueueFullError):
+    if isinstance(exc, RetryLaterError):
         retry = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
-        return ApiError(503, str(exc), "service_unavailable", code="queue_full", headers=retry)
+        return ApiError(503, str(exc), "service_unavailable", code=exc.code, headers=retry)
     if isinstance(exc, PlanError):
         return ApiError(exc.status, str(exc), param=exc.param, code=exc.code)
     if isinstance(exc, ContextTooLongError):
@@ -126,12 +142,19 @@ _HTTP_CODES = {
 }
 
 
+# What a 404 or 405 points to: the schema (which a key also opens, and curl reads), not /docs.
+_ROUTES = (
+    "the routes are POST /v1/rag, POST /v1/chat/completions, POST /v1/completions, "
+    "GET /v1/models, GET /healthz, GET /metrics; GET /openapi.json describes them"
+)
+
+
 def http_error(request: Request, exc: HTTPException) -> ApiError:
     """Starlette's and FastAPI's own refusals (no route, wrong method, a body that cannot be
     read), and the request context's (408, 413), in the API's shape, headers kept."""
     status, message = exc.status_code, str(exc.detail)
     if status in (404, 405):
-        message = f"{request.method} {request.url.path}: {message.lower()}; see /docs"
+        message = f"{request.method} {request.url.path}: {message.lower()}; {_ROUTES}"
     elif status == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
         message = f"request body is not valid UTF-8 JSON: {exc.__cause__.reason}"
     elif status == 400:  # FastAPI could not read the body as JSON

@@ -134,10 +134,13 @@ class Trace:
     started: float
     last: float | None = None
     tokens: int = 0
+    replica: str | None = None  # the Generator replica running it, once it has started
 
     def on_start(self, started: Started) -> None:
         if started.replica is not None:
+            self.replica = started.replica.replica
             self.metrics.replicas.update(started.replica)
+            self.metrics.replicas.begin(self.replica)
 
     def on_tokens(self, n_tokens: int) -> None:
         """A decoding step's tokens arrived: the first ones set TTFT, later ones the ITL."""
@@ -157,6 +160,12 @@ class Trace:
         self.metrics.record_answer(
             self.endpoint, time.perf_counter() - self.started, prompt_tokens, finished
         )
+
+    def on_end(self) -> None:
+        """The request is over on its replica, however it ended."""
+        if self.replica is not None:
+            self.metrics.replicas.end(self.replica)
+            self.replica = None
 
     def on_cancel(self) -> None:
         """The request ended before its answer did: the tokens so far were made for nobody."""

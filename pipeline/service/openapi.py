@@ -31,13 +31,14 @@ _ERRORS = {
     404: "no such model (see GET /v1/models)",
     408: "the body did not arrive within limits.body_timeout_s",
     413: "the body or the input is larger than the limits allow",
-    503: "a backend is down or restarting, or a Generator's wait queue is full (`queue_full`, "
-    "with `Retry-After`): retry later",
+    503: "a backend is down or restarting, a Generator's wait queue is full (`queue_full`), or "
+    "the request waited limits.max_queue_wait_s for a batch row (`queue_timeout`); both of "
+    "those with `Retry-After`: retry later",
 }
 # Headers a generating route's 503 may carry.
 _RETRY_AFTER = {
     "Retry-After": {
-        "description": "seconds to wait before retrying (with `queue_full`)",
+        "description": "seconds to wait before retrying (with `queue_full`, `queue_timeout`)",
         "schema": {"type": "integer", "minimum": 1},
     }
 }

@@ -22,18 +22,22 @@ from pipeline.service.schemas import (
     ChatCompletion,
     Completion,
     CompletionChoice,
+    PromptTokensDetails,
     RagResponse,
     Usage,
 )
-from pipeline.wire import Answer, Delta, Event, Started
+from pipeline.wire import Answer, Delta, Event, Finished, Queued, Started
 
 
 def usage(answer: Answer) -> Usage:
-    completion = answer.finished.completion_tokens if answer.finished else 0
+    finished = answer.finished
+    completion = finished.completion_tokens if finished else 0
+    cached = finished.stats.cached_prompt_tokens if finished else 0
     return Usage(
         prompt_tokens=answer.prompt_tokens,
         completion_tokens=completion,
         total_tokens=answer.prompt_tokens + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
     )
 
 
@@ -45,15 +49,17 @@ class Renderer(Protocol):
     """Turns events into one endpoint's stream payloads and whole response."""
 
     def start(self, started: Started) -> list[dict]: ...
+    def queued(self, queued: Queued) -> list[dict]: ...
     def delta(self, delta: Delta) -> dict | None: ...
     def end(self, answer: Answer) -> list[dict]: ...
     def complete(self, answer: Answer) -> BaseModel: ...
 
 
 class RagRenderer:
-    """`/v1/rag`: events `start` (sources, and the index version they came from), `delta` (one
-    per decoding step: its text, tokens and accepted drafted tokens; a step whose text is held
-    back still has one, text ""), `end` (usage, stats)."""
+    """`/v1/rag`: events `start` (sources, and the index version they came from), `queued`
+    (only while it waits for a batch row), `delta` (one per decoding step: its text, tokens and
+    accepted drafted tokens; a step whose text is held back still has one, text ""), `end`
+    (usage, stats)."""
 
     def __init__(self, request_id: str) -> None:
         self.id = request_id
@@ -67,6 +73,9 @@ class RagRenderer:
                 "index_version": started.index_version,
             }
         ]
+
+    def queued(self, queued: Queued) -> list[dict]:
+        return [{"type": "queued", "ahead": queued.ahead, "max_wait_s": queued.max_wait_s}]
 
     def delta(self, delta: Delta) -> dict:
         return {
@@ -143,6 +152,9 @@ class _OpenAIRenderer(ABC):
     def start(self, started: Started) -> list[dict]:
         return [self.chunk([self.choice("", None)], sources=_sources(started))]
 
+    def queued(self, queued: Queued) -> list[dict]:
+        return []  # OpenAI's chunks have no such event: `sse` sends a comment
+
     def delta(self, delta: Delta) -> dict | None:
         return self.chunk([self.choice(delta.text, None)]) if delta.text else None
 
@@ -193,14 +205,17 @@ class CompletionRenderer(_OpenAIRenderer):
 
 def payloads(renderer: Renderer, answer: Answer, event: Event) -> list[dict]:
     """The stream payloads `event` makes (none where the renderer skips a step whose text is
-    held back); folds the event into `answer`, which the closing payloads summarise."""
+    held back, or for `Admitted`); folds the event into `answer`, which the closing payloads
+    summarise."""
     answer.add(event)
     if isinstance(event, Started):
         return renderer.start(event)
+    if isinstance(event, Queued):
+        return renderer.queued(event)
     if isinstance(event, Delta):
         payload = renderer.delta(event)
         return [] if payload is None else [payload]
-    return renderer.end(answer)
+    return renderer.end(answer) if isinstance(event, Finished) else []
 
 
 def _data(payload: dict) -> str:
@@ -208,19 +223,30 @@ def _data(payload: dict) -> str:
 
 
 async def sse(
-    started: Started,
-    events: AsyncIterator[Event],
+    started: Started | None,
+    events: AsyncIterator[Event | None],
     renderer: Renderer,
     on_error: Callable[[ApiError], None],
 ) -> AsyncIterator[str]:
     """Server-sent events, ending in `data: [DONE]`; a failure mid-stream becomes an error event
-    (the status line has gone out already)."""
+    (the status line has gone out already). `started` None: the request is admitted but not
+    started yet, and the stream opens with a comment saying so; each None of `events` (a quiet
+    spell) becomes a keep-alive comment, as does a `Queued` a renderer has no event for."""
     answer = Answer()
     try:
-        for payload in payloads(renderer, answer, started):
-            yield _data(payload)
+        if started is None:
+            yield ": admitted, waiting to start\n\n"
+        else:
+            for payload in payloads(renderer, answer, started):
+                yield _data(payload)
         async for event in events:
-            for payload in payloads(renderer, answer, event):
+            if event is None:
+                yield ": keep-alive\n\n"
+                continue
+            sent = payloads(renderer, answer, event)
+            if isinstance(event, Queued) and not sent:
+                yield f": queued, {event.ahead} ahead\n\n"
+            for payload in sent:
                 yield _data(payload)
     except Exception as exc:
         error = to_api_error(exc)

@@ -1,10 +1,14 @@
 """What each Generator replica counts itself, shown at the ingress's `/metrics` with a `replica`
-label: its batch (named as vLLM names them, `vllm:` -> `lookahead_rag:`, so a vLLM dashboard
-needs only that prefix change), its n-gram sync (`lookahead_rag_ngram_*`) and the model it runs
-(`lookahead_rag:model_info`, 1 with the model, dtype and device as labels).
+label: its batch and its prefix cache (named as vLLM names them, `vllm:` -> `lookahead_rag:`, so
+a vLLM dashboard needs only that prefix change), its n-gram sync (`lookahead_rag_ngram_*`) and
+the model it runs (`lookahead_rag:model_info`, 1 with the model, dtype and device as labels).
 
 The figures ride on each request's `Started` and `Finished` events (`pipeline.wire.ReplicaMetrics`)
-and are the replica's own: counters stay cumulative, gauges are as of its latest event.
+and are the replica's own: counters stay cumulative, gauges are as of its latest event. A replica
+sends nothing while it has no request, so once every request this ingress ran there has ended
+(finished, failed, or left by its client, which sends no `Finished`) after its latest figures
+came, its gauges of load (running, waiting) read 0 rather than keep the values of its last busy
+moment: this ingress has nothing there, and with one ingress replica (the default) nobody has.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -68,6 +73,13 @@ _SERVING_METRICS = {
     "draft_tokens": ("spec_decode_num_draft_tokens", "counter", "drafted tokens verified"),
     "accepted_tokens": ("spec_decode_num_accepted_tokens", "counter", "drafted tokens accepted"),
 }
+# `PrefixCacheCounts` field -> (vLLM's name, type, help).
+_PREFIX_CACHE_METRICS = {
+    "queries": ("prefix_cache_queries", "counter", "prompt tokens looked up in the prefix cache"),
+    "hits": ("prefix_cache_hits", "counter", "prompt tokens whose KV the prefix cache served"),
+    "evictions": ("prefix_cache_evictions", "counter", "KV blocks evicted from the prefix cache"),
+    "bytes": ("prefix_cache_bytes", "gauge", "bytes of KV the prefix cache holds"),
+}
 _PER_POSITION = (
     "spec_decode_num_accepted_tokens_per_pos",
     "drafted tokens accepted, by depth in the draft (0: the first drafted token)",
@@ -80,17 +92,35 @@ class ReplicaCollector(Collector):
     def __init__(self, stale_s: float = REPLICA_STALE_S) -> None:
         self.stale_s = stale_s
         self._latest: dict[str, tuple[float, ReplicaMetrics]] = {}
+        self._running: dict[str, int] = {}  # this ingress's requests on each replica
+        self._idle_since: dict[str, float] = {}  # when the last of them ended
         self._lock = threading.Lock()
 
     def update(self, snapshot: ReplicaMetrics) -> None:
         with self._lock:
             self._latest[snapshot.replica] = (time.monotonic(), snapshot)
 
+    def begin(self, replica: str) -> None:
+        """A request of this ingress started on `replica`."""
+        with self._lock:
+            self._running[replica] = self._running.get(replica, 0) + 1
+
+    def end(self, replica: str) -> None:
+        """A request of this ingress on `replica` is over (`begin` came first)."""
+        with self._lock:
+            left = self._running.pop(replica) - 1
+            if left:
+                self._running[replica] = left
+            else:
+                self._idle_since[replica] = time.monotonic()
+
     def collect(self) -> Iterable[Metric]:
         cutoff = time.monotonic() - self.stale_s
         with self._lock:
             self._latest = {k: v for k, v in self._latest.items() if v[0] >= cutoff}
-            snapshots = [snapshot for _, (_, snapshot) in sorted(self._latest.items())]
+            self._idle_since = {k: t for k, t in self._idle_since.items() if k in self._latest}
+            latest = sorted(self._latest.items())
+            snapshots = [self._current(name, at, snapshot) for name, (at, snapshot) in latest]
         sync = [s for s in snapshots if s.sync is not None]
         serving = [s for s in snapshots if s.serving is not None]
         models = [s for s in snapshots if s.model is not None]
@@ -99,6 +129,13 @@ class ReplicaCollector(Collector):
             *_serving_families(serving),
             *(_model_families(models) if models else ()),
         ]
+
+    def _current(self, replica: str, at: float, snapshot: ReplicaMetrics) -> ReplicaMetrics:
+        """`snapshot`, with no load where every request of ours there ended after it came."""
+        idle = replica not in self._running and self._idle_since.get(replica, -1.0) >= at
+        if not idle or snapshot.serving is None:
+            return snapshot
+        return replace(snapshot, serving=replace(snapshot.serving, running=0, waiting=0))
 
 
 def _model_families(snapshots: list[ReplicaMetrics]) -> list[Metric]:
@@ -149,6 +186,15 @@ def _serving_families(snapshots: list[ReplicaMetrics]) -> list[Metric]:
             else:
                 family.add_metric([snapshot.replica], float(value))
         families.append(family)
+    cached = [s for s in snapshots if s.serving.prefix_cache is not None]
+    for field, (name, kind, documentation) in _PREFIX_CACHE_METRICS.items():
+        family = kinds[kind](SERVING_PREFIX + name, documentation, labels=["replica"])
+        for snapshot in cached:
+            family.add_metric(
+                [snapshot.replica], float(getattr(snapshot.serving.prefix_cache, field))
+            )
+        if cached:
+            families.append(family)
     name, documentation = _PER_POSITION
     family = CounterMetricFamily(
         SERVING_PREFIX + name, documentation, labels=["replica", "position"]

@@ -4,24 +4,18 @@ the web page at `/` (`pipeline.service.page`).
 
 The Serve ingress builds it over deployment handles (`pipeline.service.app`); the HTTP layer's
 own tests build it over a stand-in. A generating request is planned (`pipeline.planning`),
-retrieved for, then waits for the Generator's `Started` event, so a request that cannot run
-(too long, backend down) gets its proper status code before any byte of a stream is sent. A
-request whose Generator replica dies before the client has seen any of it runs once more
-(Serve routes it to a live replica): a whole response until it is complete, a stream until its
-`Started`.
+retrieved for, then run (`pipeline.service.runs`: started, traced, kept alive, run once more if
+its replica died before the client saw any of it) and rendered (`pipeline.service.rendering`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
@@ -34,8 +28,8 @@ from pipeline.planning import JobRequest, plan_job
 from pipeline.service.admin import IndexAdmin
 from pipeline.service.admin import router as admin_router
 from pipeline.service.auth import ApiKeyMiddleware, ApiKeys
-from pipeline.service.errors import ApiError, ReplicaDiedError, install_error_handlers
-from pipeline.service.metrics import CONTENT_TYPE, Metrics, Trace
+from pipeline.service.errors import ApiError, install_error_handlers
+from pipeline.service.metrics import CONTENT_TYPE, Metrics
 from pipeline.service.openapi import install_openapi
 from pipeline.service.page import router as page_router
 from pipeline.service.rendering import (
@@ -45,6 +39,7 @@ from pipeline.service.rendering import (
     Renderer,
     sse,
 )
+from pipeline.service.runs import Backend, Run, once_more_if_the_replica_died
 from pipeline.service.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -52,10 +47,6 @@ from pipeline.service.schemas import (
     ModelList,
     RagRequest,
 )
-from pipeline.wire import Answer, Delta, Event, GenerationJob, Retrieved, Started
-
-logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 REQUEST_ID = "x-request-id"
 _STARTED = int(time.time())  # the `created` of the model card
@@ -68,20 +59,6 @@ ENDPOINTS = (
     "/v1/index",
     "/v1/index/changes",
 )
-
-
-class Backend(Protocol):
-    async def retrieve(self, query: str, k: int) -> Retrieved:
-        """The `k` best passages for `query`, best first, all from one index version."""
-        ...
-
-    def generate(self, job: GenerationJob) -> AsyncIterator[Event]:
-        """`Started`, `Delta`s, `Finished`; raises `BackendUnavailableError` when it cannot run."""
-        ...
-
-    async def check(self) -> None:
-        """Raise `BackendUnavailableError` unless every part answers."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -184,6 +161,9 @@ async def healthz(request: Request) -> dict[str, str]:
     return {"status": "ok"}
 
 
+router.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)  # probes
+
+
 @router.get("/v1/models")
 async def models(request: Request) -> ModelList:
     name = _service(request).config.model.served_name
@@ -274,78 +254,18 @@ async def _generate(request: Request, job_request: JobRequest, renderer: Rendere
         retrieved = await service.backend.retrieve(plan.query, plan.retrieve_k)
         service.metrics.index.update(retrieved.index)
         passages, version = retrieved.passages, retrieved.index.version
-    endpoint = endpoint_label(request.url.path)
-    run = _Run(service, plan.job(passages), endpoint, request.state.arrived, version)
+    run = Run(
+        service.backend,
+        service.metrics,
+        service.config.limits,
+        plan.job(passages),
+        endpoint_label(request.url.path),
+        request.state.arrived,
+        job_request.text_param,
+        version,
+    )
     if not stream:
-        return renderer.complete(await _once_more_if_the_replica_died(run.whole))
-    started, events = await _once_more_if_the_replica_died(run.start)
+        return renderer.complete(await once_more_if_the_replica_died(run.whole))
+    started, events = await once_more_if_the_replica_died(run.start)
     body = sse(started, events, renderer, lambda error: _count_error(request, error))
     return StreamingResponse(body, media_type="text/event-stream")
-
-
-async def _once_more_if_the_replica_died(attempt: Callable[[], Awaitable[T]]) -> T:
-    """`attempt()`; if the replica running it died, a second time, which Serve sends to a live
-    replica. Only for what the client has seen nothing of yet."""
-    try:
-        return await attempt()
-    except ReplicaDiedError as exc:
-        logger.warning("%s; running the request again", exc)
-        return await attempt()
-
-
-@dataclass(frozen=True)
-class _Run:
-    """One generation job as the ingress runs it: each attempt is traced for the metrics."""
-
-    service: Service
-    job: GenerationJob
-    endpoint: str
-    arrived: float
-    index_version: int | None = None  # the version the passages came from
-
-    async def start(self) -> tuple[Started, AsyncIterator[Event]]:
-        """The Generator's `Started` (with the index version), and the events that follow."""
-        trace = self.service.metrics.trace(self.endpoint, self.arrived)
-        events = _traced(self.service.backend.generate(self.job), trace)
-        try:
-            started = await anext(events)
-            if not isinstance(started, Started):
-                raise RuntimeError(f"the generator sent {type(started).__name__} before Started")
-        except BaseException:
-            await events.aclose()
-            raise
-        return dataclasses.replace(started, index_version=self.index_version), events
-
-    async def whole(self) -> Answer:
-        """Every event, folded into the answer."""
-        started, events = await self.start()
-        answer = Answer()
-        answer.add(started)
-        try:
-            async for event in events:
-                answer.add(event)
-        finally:
-            await events.aclose()
-        return answer
-
-
-async def _traced(events: AsyncIterator[Event], trace: Trace) -> AsyncIterator[Event]:
-    started: Started | None = None
-    finished = False
-    try:
-        async for event in events:
-            if isinstance(event, Started):
-                started = event
-                trace.on_start(event)
-            elif isinstance(event, Delta):
-                trace.on_tokens(event.n_tokens)
-            elif started is not None:
-                trace.on_finish(started.prompt_tokens, event)
-                finished = True
-            yield event
-    except (GeneratorExit, asyncio.CancelledError):  # the client left, or the request was cut
-        if not finished:
-            trace.on_cancel()
-        raise
-    finally:
-        await events.aclose()

@@ -5,25 +5,28 @@ Requests join the batch between steps and leave when done, so a short answer nev
 long one, and every model call stays on the thread that loaded the model (`ModelThread`).
 Admission is decided on the event loop at once: with every row taken and `max_queued` requests
 already waiting, a request is refused with `QueueFullError` (503 + Retry-After), never left to
-hang. Past that gate a request waits in one place only, the decoder's queue (whose length the
-replica's metrics read). The model thread runs, in order, each admitted request's `add` and one
-batch step after another (each step queues the next while the batch is busy), so requests that
-arrive during a step join at the next. A request whose client leaves (or whose task is
-cancelled) frees its row at the next step; one that fails fails alone. Events travel back
-through a per-request asyncio queue.
+hang; one that passes hears `Admitted` at once. Past that gate a request waits in one place
+only, the decoder's queue (whose length the replica's metrics read), is told so (`Queued`), and
+leaves it with `QueueTimeoutError` once it has waited `max_wait_s` since its admission without a
+row. The model thread runs, in order, each admitted request's `add` and one batch step after
+another (each step queues the next while the batch is busy), so requests that arrive during a
+step join at the next. A request whose client leaves (or whose task is cancelled) frees its row
+at the next step; one that fails fails alone. Events travel back through a per-request asyncio
+queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.model_thread import ModelThread
-from pipeline.service.errors import QueueFullError
-from pipeline.wire import Event, Finished, GenerationJob
+from pipeline.service.errors import QueueFullError, QueueTimeoutError
+from pipeline.wire import Admitted, Event, Finished, GenerationJob, Queued
 
 if TYPE_CHECKING:
     from pipeline.batching import AnswerBatch
@@ -35,6 +38,7 @@ _ITEM, _END, _ERROR = range(3)
 class _Request:
     job: GenerationJob
     emit: Callable[[int, Any], None]
+    admitted_at: float  # time.monotonic()
     cancelled: bool = False
 
 
@@ -42,12 +46,17 @@ class BatchScheduler:
     """Steps the batch on its `thread`; `stream` is the asyncio side.
 
     `max_queued`: requests that may wait for a row; `retry_after_s`: what a refused client is
-    told to wait."""
+    told to wait; `max_wait_s`: how long an admitted request may wait for a row."""
 
     def __init__(
-        self, max_queued: int, retry_after_s: float, name: str = "generator-batch"
+        self,
+        max_queued: int,
+        retry_after_s: float,
+        max_wait_s: float = float("inf"),
+        name: str = "generator-batch",
     ) -> None:
         self.max_queued, self.retry_after_s, self.name = max_queued, retry_after_s, name
+        self.max_wait_s = max_wait_s
         self.thread = ModelThread(name)
         self._lock = threading.Lock()
         self._closed = False
@@ -68,8 +77,9 @@ class BatchScheduler:
         return self._batch
 
     async def stream(self, job: GenerationJob) -> AsyncIterator[Event]:
-        """The job's events as its steps produce them. Raises `QueueFullError` at once when the
-        replica cannot take it. Leaving the loop early cancels the request at the next step."""
+        """`Admitted`, then the job's events as its steps produce them. Raises `QueueFullError`
+        at once when the replica cannot take it. Leaving the loop early cancels the request at
+        the next step."""
         if self._batch is None:
             raise RuntimeError(f"{self.name} has no batch yet: call start() first")
         capacity = self._batch.max_batch + self.max_queued
@@ -90,7 +100,7 @@ class BatchScheduler:
             except RuntimeError:  # the event loop is gone, and the request with it
                 request.cancelled = True
 
-        request = _Request(job, emit)
+        request = _Request(job, emit, time.monotonic())
         try:
             self._submit(self._admit, request)
         except RuntimeError:
@@ -98,6 +108,7 @@ class BatchScheduler:
             raise
         ended = False
         try:
+            yield Admitted()
             while True:
                 kind, value = await items.get()
                 if kind == _END:
@@ -136,6 +147,8 @@ class BatchScheduler:
         if request.cancelled:
             self._release()
             return
+        load = self._batch.serving()
+        ahead = load.running + load.waiting - self._batch.max_batch  # >= 0: it will wait
         try:
             handle, started = self._batch.add(request.job)
         except Exception as exc:  # its prompt cannot fit, ...: it alone fails
@@ -144,6 +157,8 @@ class BatchScheduler:
             return
         self._live[handle] = request
         request.emit(_ITEM, started)
+        if ahead >= 0:
+            request.emit(_ITEM, Queued(ahead, self.max_wait_s))
         self._queue_step()
 
     def _queue_step(self) -> None:
@@ -156,10 +171,14 @@ class BatchScheduler:
         if self._closed:
             return
         try:
+            now = time.monotonic()
             for handle, request in list(self._live.items()):
                 if request.cancelled:
                     self._batch.cancel(handle)
                     self._finish(handle)
+                elif now - request.admitted_at > self.max_wait_s and self._batch.queued(handle):
+                    self._batch.cancel(handle)
+                    self._finish(handle, _ERROR, self._timed_out(now - request.admitted_at))
             if self._batch.busy:
                 self._deliver(self._batch.step())
         except Exception as exc:  # a bug in the loop: fail what runs, keep serving
@@ -168,6 +187,14 @@ class BatchScheduler:
                 self._finish(handle, _ERROR, exc)
         if self._batch.busy:
             self._queue_step()
+
+    def _timed_out(self, waited_s: float) -> QueueTimeoutError:
+        return QueueTimeoutError(
+            f"no batch row came free within limits.max_queue_wait_s ({self.max_wait_s:g} s; "
+            f"waited {waited_s:.1f} s): the generator is overloaded; retry in "
+            f"{self.retry_after_s:g} s",
+            self.retry_after_s,
+        )
 
     def _deliver(self, outcomes: list) -> None:
         for handle, outcome in outcomes:

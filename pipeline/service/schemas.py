@@ -70,12 +70,14 @@ class GenerationRequest(BaseModel):
     # Extensions: transformers' repetition penalty (1 = none), retrieval on/off, how many
     # passages go into the prompt (so `top_k` is retrieval's, not sampling's), and plain
     # decoding (lookahead off) for comparisons: the same answers under greedy decoding, the
-    # same distribution of answers under sampling.
+    # same distribution of answers under sampling; and prefix KV reuse off, for comparisons too
+    # (the same answers: the cached KV is the KV a prefill computes).
     # (A penalty near 0 divides the repeated tokens' logits into inf: 0.01 is already extreme.)
     repetition_penalty: float = Field(1.0, ge=0.01, le=10.0, allow_inf_nan=False)
     rag: bool = True
     top_k: Int | None = None
     lookahead: bool = True
+    prefix_cache: bool = True
 
     def answer_tokens(self) -> int | None:
         """The answer length asked for; None: the configured default."""
@@ -88,6 +90,7 @@ class GenerationRequest(BaseModel):
             "max_tokens": self.answer_tokens(),
             "rag": self.rag,
             "lookahead": self.lookahead,
+            "prefix_cache": self.prefix_cache,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "repetition_penalty": self.repetition_penalty,
@@ -198,10 +201,15 @@ class CompletionRequest(_OpenAIRequest):
 # ---- responses ---------------------------------------------------------------------------------
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0  # prompt tokens whose KV was reused, not computed (OpenAI's name)
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = PromptTokensDetails()
 
 
 class RagResponse(BaseModel):

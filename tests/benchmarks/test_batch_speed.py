@@ -59,8 +59,9 @@ def test_bench_batch_reports_every_batch_size_and_method(capsys, saved_model, pr
     )  # fmt: skip
     assert set(report["per_batch"]) == {"1", "3"}
     for b, figures in report["per_batch"].items():
-        for method in ("sequential", "plain", "lookahead"):
+        for method in ("sequential", "plain", "lookahead", "padded"):
             assert figures[f"{method}_tok_s"] > 0
+            assert figures[f"{method}_seq_tokens_per_step"] >= 1
             assert figures[f"{method}_identity"] == 1.0
             assert figures[f"{method}_ttft_p50_s"] <= figures[f"{method}_ttft_p95_s"]
         assert figures["identity"] == 1.0
@@ -71,6 +72,8 @@ def test_bench_batch_reports_every_batch_size_and_method(capsys, saved_model, pr
     assert report["per_batch"]["3"]["plain_mean_batch"] > 1
     assert report["mismatches"] == []
     assert report["config"]["prompts"] == 4
+    assert report["per_batch"]["3"]["prompts_per_row"] == pytest.approx(4 / 3, abs=0.01)
+    assert report["config"]["layout"] in ("ragged", "padded")
     assert lines[0].split()[:2] == ["B", "seq"]
 
 

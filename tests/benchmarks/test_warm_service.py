@@ -9,7 +9,8 @@ import psutil
 import pytest
 from benchhelpers import is_rounded_ratio
 
-from benchmarks.warm_service import KINDS, MODES, paraphrase, read_stream, shortened
+from benchmarks.warm_service import KINDS, MODES, read_stream, shortened
+from benchmarks.workloads import paraphrase
 from pipeline.commands.cli import main
 
 FIGURES = ("tokens_per_step", "tokens_per_s", "speedup_vs_plain", "identity", "sync_ms_per_request")

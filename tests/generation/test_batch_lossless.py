@@ -19,6 +19,7 @@ from genhelpers import (
 )
 
 from generation import BatchDecoder, LookaheadConfig
+from generation.attention import use_sdpa_gqa
 
 MAX_NEW = 30
 DRAFT_SIZES = (0, 4, "auto", 16)
@@ -32,17 +33,28 @@ def prompts(seed: int) -> list[np.ndarray]:
     return plain + looped
 
 
-@pytest.fixture(scope="module", params=ARCHITECTURES)
+# Both layouts over the architectures: ragged where the service runs it (the engine's
+# attention), padded on gpt2 as transformers ships it and on mistral, whose sliding window the
+# probe refuses to flatten.
+LAYOUTS = {"llama": "ragged", "qwen2": "ragged", "mistral": "ragged", "gpt2": "padded"}
+
+
+@pytest.fixture(scope="module", params=list(LAYOUTS.items()), ids=lambda p: "-".join(p))
 def case(request, tokenizer):
-    arch = request.param
+    arch, layout = request.param
     model = tiny_model(arch, seed=ARCHITECTURES.index(arch))
     cases = [(p, greedy(model, p, MAX_NEW)) for p in prompts(seed=len(arch))]
-    return model, fixed_engine(model, tokenizer, arch), cases
+    if layout == "ragged":
+        assert use_sdpa_gqa(model)
+    engine = fixed_engine(model, tokenizer, arch)
+    # the probe refuses the ragged pass only where attention has a sliding window it can't model
+    assert engine.ragged == (layout == "ragged" and arch != "mistral")
+    return model, engine, cases
 
 
 def test_sequences_joining_and_leaving_equal_their_own_greedy(case):
     _, engine, cases = case
-    decoder = BatchDecoder(engine.lm, 3, cheap_costs(), prefill_chunk=8)
+    decoder = BatchDecoder(engine.lm, 3, cheap_costs(), prefill_chunk=8, ragged=engine.ragged)
     arrivals, drafters = {}, {}
     for i, (prompt, reference) in enumerate(cases):
         drafter = (
@@ -65,6 +77,11 @@ def test_sequences_joining_and_leaving_equal_their_own_greedy(case):
             assert stats.draft_sizes == [0] * stats.steps
     assert decoder.stats.mean_batch > 2
     assert decoder.stats.tokens > decoder.stats.sequences  # drafts were accepted
+    verified = decoder.stats.draft_rows + decoder.stats.sequences  # every tree's nodes
+    if engine.ragged:  # each row paid for its own tree
+        assert decoder.stats.rows == verified
+    else:  # padded to the longest
+        assert decoder.stats.rows > verified
     assert not decoder.busy
     assert decoder.free == 3
 
@@ -204,3 +221,22 @@ def test_free_counts_rows_not_yet_promised(case):
     while decoder.busy:
         decoder.step()
     assert (decoder.free, decoder.live, decoder.waiting) == (2, 0, 0)
+
+
+def test_a_sequence_drafts_and_accepts_in_a_batch_as_it_does_alone(case):
+    # same prompt, same fixed draft size: the same drafts (its own drafter sources), the same
+    # acceptance, step for step, whoever else is in the batch
+    _, engine, cases = case
+    config = LookaheadConfig(MAX_NEW, draft_size=4)
+    prompt = cases[4][0]  # one that repeats itself: its drafts hit
+
+    def stats_of(batch: list[np.ndarray]):
+        decoder = BatchDecoder(engine.lm, 3, cheap_costs(), prefill_chunk=8, ragged=engine.ragged)
+        arrivals = {0: [(i, p, config, None) for i, p in enumerate(batch)]}
+        return drive(engine, decoder, arrivals)[0][-1].stats
+
+    alone = stats_of([prompt])
+    together = stats_of([prompt, cases[0][0], cases[5][0]])
+    assert sum(alone.accepted) > 0
+    assert together.accepted == alone.accepted
+    assert together.draft_sizes == alone.draft_sizes

@@ -1,10 +1,12 @@
+import itertools
+
 import numpy as np
 import pytest
 from genhelpers import seen_once
 from hypothesis import given
 from hypothesis import strategies as st
 
-from generation.budget import choose_rows
+from generation.budget import choose_nodes, choose_rows
 from generation.step_cost import BatchCosts, StepCostCurve
 from trie_store.draft import Draft
 
@@ -105,3 +107,46 @@ def test_joint_choice_shrinks_drafts_as_the_batch_grows():
         assert (q > 1) == want
     # a fixed draft size sets a floor; sequences with short drafts pad to it
     assert choose_rows([np.zeros(1), good], lambda qs: costs.times(2, qs), floor=5) >= 5
+
+
+def test_ragged_choice_spends_nodes_where_they_are_accepted():
+    # one confident sequence, one with nothing to copy: only the first gets nodes
+    confident = chain([0.95] * 8).expected_accepted()
+    nothing = chain([0.05] * 8).expected_accepted()
+    nodes = choose_nodes([confident, nothing], lambda qs: 20.0 + 4.0 * qs)
+    assert nodes[0] == 9
+    assert nodes[1] == 1
+    # a floor (a fixed draft size) is kept whatever it costs
+    assert choose_nodes([confident, nothing], lambda qs: 20.0 + 4.0 * qs, [1, 5])[1] == 5
+    # when a row costs more than any draft can pay back, plain steps
+    assert choose_nodes([confident, nothing], lambda qs: 1.0 + 100.0 * qs) == [1, 1]
+
+
+sorted_scores = st.lists(st.floats(0.0, 1.0), min_size=0, max_size=4).map(
+    lambda s: sorted(s, reverse=True)
+)
+
+
+@given(
+    drafts=st.lists(sorted_scores, min_size=1, max_size=3),
+    floors=st.lists(st.integers(1, 5), min_size=3, max_size=3),
+    base=st.floats(1.0, 100.0),
+    slope=st.floats(0.0, 50.0),
+)
+def test_ragged_choice_is_the_exhaustive_best(drafts, floors, base, slope):
+    expected = [chain(s).expected_accepted() for s in drafts]
+    floors = [min(f, len(e)) for f, e in zip(floors, expected, strict=False)]
+
+    def times(qs):
+        return base + slope * np.asarray(qs, dtype=float)
+
+    def rate(nodes):
+        tokens = sum(1.0 + e[n - 1] for e, n in zip(expected, nodes, strict=True))
+        return tokens / float(times(sum(nodes) / len(nodes)))
+
+    nodes = choose_nodes(expected, times, floors)
+    assert all(f <= n <= len(e) for f, n, e in zip(floors, nodes, expected, strict=True))
+    every = itertools.product(
+        *[range(f, len(e) + 1) for f, e in zip(floors, expected, strict=True)]
+    )
+    assert rate(nodes) == pytest.approx(max(map(rate, every)), rel=1e-9)

@@ -7,7 +7,7 @@ import torch
 from genhelpers import cached_row, drive, tokens_of, tree_logits
 
 from generation import LookaheadConfig, LookaheadGenerator, load_model
-from generation.gqa_attention import NAME as SDPA_GQA
+from generation.attention import NAME as SDPA_GQA
 from trie_store.draft import Draft
 
 PASSAGE = (

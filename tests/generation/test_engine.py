@@ -98,11 +98,18 @@ def test_messages_without_chat_template_are_refused(engine, monkeypatch, tokeniz
         ({"max_draft_size": -3}, "max_draft_size"),
         ({"stop": ("",)}, "stop strings"),
         ({"stop": (3,)}, "stop strings"),
+        ({"reuse_prefix": 0}, "reuse_prefix"),
     ],
 )
 def test_bad_config_values_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LookaheadConfig(**kwargs)
+
+
+def test_a_request_says_whether_it_reuses_cached_prefixes(engine):
+    assert engine.request(PROMPT).reuse_prefix is True
+    assert engine.request(PROMPT, LookaheadConfig(reuse_prefix=False)).reuse_prefix is False
+    assert engine.request(PROMPT).stats.prefix_tokens == 0  # the decoder counts them
 
 
 def test_single_stop_string_is_accepted_as_a_tuple():

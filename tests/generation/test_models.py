@@ -8,7 +8,7 @@ import pytest
 import torch
 from genhelpers import VOCAB, cached_row, sequential_logits, tiny_model, tree_logits
 
-from generation.gqa_attention import NAME as SDPA_GQA
+from generation.attention import NAME as SDPA_GQA
 from generation.models import speed_up
 from generation.step_cost import tree_draft
 

@@ -7,7 +7,7 @@ import torch
 from genhelpers import VOCAB, tiny_model
 from torch import nn
 
-from generation.gqa_attention import NAME as SDPA_GQA
+from generation.attention import NAME as SDPA_GQA
 from generation.models import speed_up
 from generation.packed_linear import PackedLinear, pack_linear_layers
 

@@ -1,4 +1,5 @@
 import json
+import time
 
 import numpy as np
 import pytest
@@ -9,11 +10,13 @@ import generation.step_cost as step_cost
 from generation.models import LoadedModel
 from generation.step_cost import (
     BatchCosts,
+    CostFeedback,
     StepCostCurve,
     batch_qs,
     batch_sizes,
     load_or_measure,
     measure_step_costs,
+    row_sizes,
     tree_draft,
 )
 
@@ -108,6 +111,7 @@ def test_load_or_measure_caches_per_setup(tiny, tmp_path, monkeypatch):
         return curve({1: 10.0, 32: 20.0})
 
     monkeypatch.setattr(step_cost, "measure_step_costs", fake_measure)
+    monkeypatch.setattr(step_cost, "BUSY_SHARE", 0.0)  # the fake takes no CPU time
     first = load_or_measure(tiny, batch=1)
     assert first.t_ms == {1: 10.0, 32: 20.0}
     assert len(calls) == 1
@@ -122,6 +126,7 @@ def test_load_or_measure_caches_per_setup(tiny, tmp_path, monkeypatch):
     assert load_or_measure(tiny, batch=1).t_ms == first.t_ms  # a corrupt file is measured again
     assert len(calls) == 2
     assert step_cost.curve_path(tiny, batch=2) != path  # another batch size: another curve
+    assert step_cost.curve_path(tiny, batch=1, ragged=True) != path  # another layout too
     # another thread count is another setup: another file
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)
@@ -142,3 +147,43 @@ def test_batch_cost_surface_interpolates_between_measured_sizes():
     assert batch_qs(16) == [1, 2, 4, 8]
     with pytest.raises(ValueError, match="batch sizes"):
         BatchCosts({})
+
+
+def test_a_measurement_that_never_had_the_cpu_is_used_but_not_cached(
+    tiny, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv("LOOKAHEAD_RAG_CACHE", str(tmp_path))
+    calls = []
+
+    def sleepy_measure(lm, **kwargs):  # wall time passes, no CPU time: someone else ran
+        calls.append(kwargs)
+        time.sleep(0.05)
+        return curve({1: 10.0, 32: 20.0})
+
+    monkeypatch.setattr(step_cost, "measure_step_costs", sleepy_measure)
+    assert load_or_measure(tiny, batch=2, ragged=True).t_ms == {1: 10.0, 32: 20.0}
+    assert len(calls) == 1
+    assert calls[0]["ragged"] is True
+    assert not step_cost.curve_path(tiny, batch=2, ragged=True).exists()
+    assert "busy" in caplog.text
+
+
+@pytest.mark.parametrize(("q", "batch"), [(1, 8), (4, 1), (4, 8), (3, 5)])
+def test_ragged_rows_average_q(q, batch):
+    sizes = row_sizes(q, batch, ragged=True)
+    assert len(sizes) == batch
+    assert sum(sizes) == q * batch
+    assert row_sizes(q, batch, ragged=False) == [q] * batch
+
+
+def test_feedback_moves_the_surface_towards_the_passes_it_sees():
+    costs = BatchCosts({1: curve({1: 50.0, 16: 100.0}), 8: curve({1: 100.0, 16: 300.0})})
+    feedback = CostFeedback(costs, weight=0.5)
+    assert feedback.times(8, np.array([1.0]))[0] == 100.0  # nothing seen: the curve
+    for _ in range(20):
+        feedback.observe(8, 1.0, 140.0)  # longer caches than the curve's: 40 ms more
+    assert feedback.times(8, np.array([1.0]))[0] == pytest.approx(140.0, rel=1e-3)
+    assert feedback.times(1, np.array([1.0]))[0] == 50.0  # per batch size
+    for _ in range(50):
+        feedback.observe(8, 1.0, 1.0)  # never below half the curve
+    assert feedback.times(8, np.array([1.0]))[0] == 50.0

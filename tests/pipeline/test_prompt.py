@@ -13,6 +13,7 @@ from pipeline.prompt import (
     build_prompt,
     chat_render,
     completion_render,
+    document_order,
 )
 from pipeline.wire import ContextTooLongError
 
@@ -22,6 +23,8 @@ class P:
     id: str
     title: str
     text: str
+    doc_id: str = "json"
+    start: int = 0
 
 
 WORDS = [
@@ -40,9 +43,10 @@ WORDS = [
 ]
 
 
-def passage(i: int, n_words: int) -> P:
+def passage(i: int, n_words: int, doc_id: str = "json", start: int | None = None) -> P:
+    """Passage i; by default the i-th of one document, so document order is ranking order."""
     text = " ".join(WORDS[(i + j) % len(WORDS)] for j in range(n_words))
-    return P(f"p{i}", f"json.t{i}", text)
+    return P(f"p{i}", f"json.t{i}", text, doc_id, 100 * i if start is None else start)
 
 
 def n_tokens(tokenizer, text):
@@ -81,6 +85,57 @@ def test_a_passage_that_does_not_fit_is_cut_and_the_rest_left_out(tokenizer):
     assert passages[1].text.startswith(body)
 
 
+# Ranked best first, but from two documents and out of place in them.
+RANKED = [
+    passage(0, 20, doc_id="json", start=900),
+    passage(1, 20, doc_id="csv", start=0),
+    passage(2, 20, doc_id="json", start=10),
+    passage(3, 20, doc_id="csv", start=500),
+]
+
+
+def test_the_instruction_then_passages_in_document_order_then_the_question(tokenizer):
+    render = chat_render(tokenizer, QUESTION)
+    prompt = build_prompt(tokenizer, render, RANKED, budget=10_000)
+    assert [p.id for p in prompt.passages] == ["p1", "p3", "p2", "p0"]  # csv 0, 500; json 10, 900
+    text = tokenizer.decode(prompt.token_ids)
+    at = [text.index(part) for part in (SYSTEM_INSTRUCTION, "[1] json.t1", "[2] json.t3")]
+    at += [text.index(part) for part in ("[3] json.t2", "[4] json.t0", "How do I parse")]
+    assert at == sorted(at)
+    by_score = build_prompt(tokenizer, render, RANKED, budget=10_000, order="score")
+    assert [p.id for p in by_score.passages] == ["p0", "p1", "p2", "p3"]
+    assert tokenizer.decode(by_score.token_ids).index("[1] json.t0") > 0
+
+
+def test_the_same_passages_in_another_ranking_give_the_same_prompt(tokenizer):
+    """So requests that retrieve them share everything but the question, whatever the scores."""
+    render = chat_render(tokenizer, QUESTION)
+    one = build_prompt(tokenizer, render, RANKED, budget=10_000)
+    other = build_prompt(tokenizer, render, RANKED[::-1], budget=10_000)
+    assert one.token_ids == other.token_ids
+    assert one.passages == other.passages
+    asked = chat_render(tokenizer, [{"role": "user", "content": "What is csv.reader?"}])
+    another = build_prompt(tokenizer, asked, [*RANKED[2:], *RANKED[:2]], budget=10_000)
+    pairs = zip(one.token_ids, another.token_ids, strict=False)
+    shared = next(i for i, (a, b) in enumerate(pairs) if a != b)
+    assert f"[4] json.t0\n{RANKED[0].text}" in tokenizer.decode(one.token_ids[:shared])
+
+
+def test_the_budget_chooses_best_first_whatever_the_order(tokenizer):
+    render = chat_render(tokenizer, QUESTION)
+    two = build_prompt(tokenizer, render, RANKED[:2], budget=10_000, order="score")
+    budget = len(two.token_ids) + 12  # two whole passages and a sliver: no third
+    for order in ("document", "score"):
+        prompt = build_prompt(tokenizer, render, RANKED, budget, order=order)
+        assert {p.id for p in prompt.passages} == {"p0", "p1"}
+        assert len(prompt.token_ids) <= budget
+    long_third = passage(2, 300, doc_id="json", start=10)
+    cut = build_prompt(tokenizer, render, [*RANKED[:2], long_third], budget + 60)
+    assert [p.id for p in cut.passages] == ["p1", "p2", "p0"]  # the cut one in its place
+    assert cut.cut_last
+    assert budget + 60 - 5 <= len(cut.token_ids) <= budget + 60
+
+
 def test_a_sliver_of_room_is_not_worth_a_cut_passage(tokenizer):
     passages = [passage(0, 30), passage(1, 300)]
     render = chat_render(tokenizer, QUESTION)
@@ -107,18 +162,21 @@ def test_completion_prompts_are_raw_text_after_the_context(tokenizer):
 @given(
     lengths=st.lists(st.integers(1, 400), min_size=0, max_size=6),
     budget=st.integers(40, 900),
+    starts=st.permutations(range(6)),
+    order=st.sampled_from(["document", "score"]),
 )
-def test_the_prompt_never_exceeds_the_budget(tokenizer, lengths, budget):
-    passages = [passage(i, n) for i, n in enumerate(lengths)]
+def test_the_prompt_never_exceeds_the_budget(tokenizer, lengths, budget, starts, order):
+    passages = [passage(i, n, start=starts[i]) for i, n in enumerate(lengths)]
     render = chat_render(tokenizer, QUESTION)
     try:
-        prompt = build_prompt(tokenizer, render, passages, budget)
+        prompt = build_prompt(tokenizer, render, passages, budget, order=order)
     except ContextTooLongError:
         assert n_tokens(tokenizer, render("")) > budget
         return
     assert len(prompt.token_ids) <= budget
-    # Best first: the passages used are a prefix of the ranking.
-    assert [p.id for p in prompt.passages] == [p.id for p in passages[: len(prompt.passages)]]
+    # Best first: the passages used are a prefix of the ranking, in the prompt in `order`.
+    best = passages[: len(prompt.passages)]
+    assert prompt.passages == (sorted(best, key=document_order) if order == "document" else best)
 
 
 def test_a_base_model_gets_question_and_answer_lines_after_the_context(tokenizer):

@@ -261,6 +261,8 @@ class Run {
       this.sources = payload.sources;
       showSources(payload.sources, payload.index_version);
       $("legend").hidden = false;
+    } else if (payload.type === "queued") {
+      this.setState("running", `queued: ${payload.ahead} requests ahead`);
     } else if (payload.type === "delta") {
       this.step(payload);
     } else if (payload.type === "end") {

@@ -23,7 +23,7 @@ from retrieval import versions
 from trie_store import TrieConfig
 from trie_store.sharing.members import answer_ngrams
 
-QUESTIONS = (*ONE_PATH_QUESTIONS, "")
+QUESTIONS = (*ONE_PATH_QUESTIONS, "", ONE_PATH_QUESTIONS[0])  # q3 repeats q0
 
 
 def _batch(*argv: str, env: dict[str, str]) -> dict:
@@ -70,13 +70,17 @@ def test_batch_answers_as_the_service_and_resumes(
     argv += ("--max-tokens", "12")
 
     summary = _batch(*argv, env={"LOOKAHEAD_RAG__NGRAMS__REDIS_URL": redis_server.url})
-    assert (summary["rows"], summary["answered"], summary["invalid"]) == (3, 2, 1)
+    assert (summary["rows"], summary["answered"], summary["invalid"]) == (4, 3, 1)
     version = versions.current(small_index_dir)
     assert summary["index_version"] == version  # pinned, recorded, let go: nothing left
     assert json.loads((out / JOB_FILE).read_text())["version"] == version
     assert versions.pins(small_index_dir) == {}
     records = {r["id"]: r for r in final_records(out).values()}
     assert records["q2"]["status"] == "invalid"
+    # the repeat was queued beside its twin: the second of them found its whole prompt cached
+    assert records["q3"]["answer"] == records["q0"]["answer"]
+    cached = max(records[k]["stats"]["cached_prompt_tokens"] for k in ("q0", "q3"))
+    assert cached > records["q0"]["stats"]["prompt_tokens"] - 32
 
     shared = _shared_ngrams(redis_server.url)
     for key, question in (("q0", QUESTIONS[0]), ("q1", QUESTIONS[1])):
@@ -97,7 +101,7 @@ def test_batch_answers_as_the_service_and_resumes(
     capsys.readouterr()
     assert main(["batch", *argv, "--resume"]) == 0
     resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert (resumed["skipped"], resumed["answered"], resumed["errors"]) == (3, 0, 0)
+    assert (resumed["skipped"], resumed["answered"], resumed["errors"]) == (4, 0, 0)
     assert resumed["index_version"] == version
     assert sorted(out.glob("part-*")) == parts
     started = {p.pid for p in psutil.Process().children(recursive=True)} - before

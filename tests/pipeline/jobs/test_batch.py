@@ -69,7 +69,7 @@ class EchoAnswerer:
         stats = {
             "prompt_tokens": 10, "completion_tokens": len(words), "steps": 2,
             "tokens_per_step": len(words) / 2, "draft_tokens": 4, "accepted_tokens": 1,
-            "decode_seconds": 0.01, "lookahead": True,
+            "decode_seconds": 0.01, "lookahead": True, "cached_prompt_tokens": 0,
         }  # fmt: skip
         source = {"id": passages[0], "title": "", "source": self.tag, "score": 1.0}
         return {"answer": question.upper(), "finish_reason": "stop", "sources": [source],

@@ -47,6 +47,7 @@ def _ok(row: int, qid: str, tokens: int = 5, steps: int = 3) -> dict:
         "accepted_tokens": tokens - steps,
         "decode_seconds": 0.5,
         "lookahead": True,
+        "cached_prompt_tokens": 32,
     }
     source = {"id": "p1", "title": "t", "source": "s", "score": 0.5}
     return {

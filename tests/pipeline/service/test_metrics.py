@@ -11,6 +11,7 @@ from pipeline.wire import (
     AnswerStats,
     Finished,
     ModelInfo,
+    PrefixCacheCounts,
     ReplicaMetrics,
     ServingStats,
     Started,
@@ -118,6 +119,30 @@ def test_a_replicas_batch_is_shown_under_vllms_names():
     assert not any(name.startswith("lookahead_rag_ngram_") for name, _ in samples)
 
 
+def test_a_replicas_prefix_cache_is_shown_under_vllms_names_and_one_without_shows_none():
+    cached = ServingStats(
+        prefix_cache=PrefixCacheCounts(queries=900, hits=512, evictions=3, bytes=7)
+    )
+    metrics = Metrics()
+    metrics.trace("/v1/rag", 0.0).on_start(Started(7, (), ReplicaMetrics("a:1", serving=cached)))
+    metrics.trace("/v1/rag", 0.0).on_start(
+        Started(7, (), ReplicaMetrics("b:2", serving=ServingStats()))
+    )
+    samples = _samples(metrics)
+    a, b = (("replica", "a:1"),), (("replica", "b:2"),)
+    assert samples[("lookahead_rag:prefix_cache_queries_total", a)] == 900
+    assert samples[("lookahead_rag:prefix_cache_hits_total", a)] == 512
+    assert samples[("lookahead_rag:prefix_cache_evictions_total", a)] == 3
+    assert samples[("lookahead_rag:prefix_cache_bytes", a)] == 7
+    assert samples[("lookahead_rag:num_requests_running", b)] == 0
+    assert not any(name.startswith("lookahead_rag:prefix_cache") for name, r in samples if r == b)
+    alone = Metrics()
+    alone.trace("/v1/rag", 0.0).on_start(
+        Started(7, (), ReplicaMetrics("b:2", serving=ServingStats()))
+    )
+    assert not any("prefix_cache" in name for name, _ in _samples(alone))
+
+
 def test_each_replica_says_which_model_it_runs_and_in_which_dtype():
     metrics = Metrics()
     for replica, dtype in (("a:1", "bfloat16"), ("b:2", "float32")):
@@ -136,3 +161,40 @@ def test_a_tally_counts_each_value_in_its_bucket():
     assert tally.counts == (2, 1, 1, 1)
     assert tally.count == 5
     assert tally.total == 16
+
+
+def test_a_replica_none_of_our_requests_is_on_shows_no_load_not_its_last_busy_moment():
+    """Issue 22: a replica sends figures only with its requests' events, and a client that
+    leaves gets no `Finished`: once every request this ingress ran there has ended after its
+    latest figures, its running and waiting gauges read 0; its counters stay."""
+    metrics = Metrics()
+    a = (("replica", "a:1"),)
+    busy = ServingStats(running=4, waiting=3, drafts=9)
+
+    def start() -> object:
+        trace = metrics.trace("/v1/rag", 0.0)
+        trace.on_start(Started(7, (), ReplicaMetrics("a:1", serving=busy)))
+        return trace
+
+    def load() -> tuple:
+        samples = _samples(metrics)
+        return tuple(
+            samples[(f"lookahead_rag:{name}", a)]
+            for name in (
+                "num_requests_running",
+                "num_requests_waiting",
+                "spec_decode_num_drafts_total",
+            )
+        )
+
+    first, second = start(), start()
+    first.on_cancel()
+    first.on_end()  # the client left; the other request still runs there
+    assert load() == (4, 3, 9)
+    second.on_end()
+    assert load() == (0, 0, 9)
+    third = start()  # busy again: its fresh figures show
+    assert load() == (4, 3, 9)
+    third.on_finish(7, _finished(ReplicaMetrics("a:1", serving=ServingStats(running=1))))
+    third.on_end()
+    assert load() == (0, 0, 0)

@@ -45,7 +45,13 @@ def test_rag_answer_with_sources_usage_and_stats(client, backend):
     body = response.json()
     assert body["answer"] == "Use json.loads."
     assert [s["id"] for s in body["sources"]] == ["p0", "p1"]
-    assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+    assert body["usage"] == {
+        "prompt_tokens": 7,
+        "completion_tokens": 5,
+        "total_tokens": 12,
+        "prompt_tokens_details": {"cached_tokens": 4},
+    }
+    assert body["stats"]["cached_prompt_tokens"] == 4
     assert body["stats"]["tokens_per_step"] == pytest.approx(5 / 3, abs=1e-3)
     assert body["id"] == response.headers["x-request-id"]
     (job,) = backend.jobs
@@ -60,6 +66,18 @@ def test_retrieval_can_be_turned_off_and_lookahead_too(client, backend):
     no_rag, plain = backend.jobs
     assert no_rag.passages == ()
     assert plain.lookahead is False
+    assert no_rag.prefix_cache is plain.prefix_cache is True
+
+
+def test_prefix_reuse_can_be_turned_off_per_request_and_usage_says_what_was_cached(client, backend):
+    body = {"model": MODEL, "messages": USER, "prefix_cache": False}
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.json()["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+    client.post("/v1/completions", json={"model": MODEL, "prompt": "json", "prefix_cache": False})
+    client.post("/v1/rag", json={"question": "q", "prefix_cache": False})
+    assert [job.prefix_cache for job in backend.jobs] == [False, False, False]
+    refused = client.post("/v1/rag", json={"question": "q", "prefix_cache": "no"})
+    assert refused.status_code == 400  # strict: a string is not a bool
 
 
 def test_sampling_settings_reach_the_generator(client, backend):
@@ -119,6 +137,7 @@ def test_chat_stream_has_role_first_finish_last_and_optional_usage(client):
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"]["total_tokens"] == 12
+    assert chunks[-1]["usage"]["prompt_tokens_details"] == {"cached_tokens": 4}
 
 
 @pytest.mark.parametrize("part", ["retrieve", "start"])
@@ -217,10 +236,11 @@ def test_a_stream_whose_replica_dies_after_it_began_ends_with_the_error_event(cl
     assert len(backend.jobs) == 1  # the client had its first tokens: no second run
 
 
-async def _call(app, body_chunks, *, pause_s=0.0, then="end", path="/v1/rag"):
+async def _call(app, body_chunks, *, pause_s=0.0, then="end", path="/v1/rag", events=0):
     """Drive `app` as a server would: the body in `body_chunks`, `pause_s` apart, then the end
     of the body, nothing more ("hang"), or the end and a disconnect once the response began
-    ("leave"). Returns the status and the body sent back."""
+    and carried `events` server-sent events ("leave"). Returns the status and the body sent
+    back."""
     scope = {
         "type": "http", "method": "POST", "path": path, "raw_path": path.encode(),
         "query_string": b"", "headers": [(b"content-type", b"application/json")],
@@ -242,7 +262,9 @@ async def _call(app, body_chunks, *, pause_s=0.0, then="end", path="/v1/rag"):
 
     async def send(message):
         sent.append(message)
-        began.set()
+        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        if body.count(b"data: ") >= events:
+            began.set()
 
     await app(scope, receive, send)
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
@@ -266,7 +288,9 @@ def test_a_body_that_does_not_arrive_in_time_is_a_408_and_closes_the_connection(
 def test_a_stream_the_client_leaves_is_counted_as_cancelled_with_its_tokens(backend):
     backend.fail = "hang"
     app = build_api(backend, small_limits_config())
-    start, _ = asyncio.run(_call(app, [b'{"question": "q", "stream": true}'], then="leave"))
+    start, _ = asyncio.run(
+        _call(app, [b'{"question": "q", "stream": true}'], then="leave", events=3)
+    )  # start and two deltas, then nothing more comes: the client leaves
     assert start["status"] == 200
     text = asgi_client(app).get("/metrics").text
     assert _sample(text, 'lookahead_rag_cancelled_requests_total{endpoint="/v1/rag"}') == 1
@@ -366,3 +390,90 @@ def test_the_openapi_schema_states_the_configured_limits_and_the_errors_answered
     assert array["maxItems"] == 2
     assert "HTTPValidationError" not in schemas
     assert not any("422" in op["responses"] for ops in paths.values() for op in ops.values())
+
+
+def test_a_queued_stream_is_told_so_and_answers_as_usual(client, backend):
+    """Issue 22: a request waiting for a batch row says so (`queued`, or a comment where the
+    OpenAI chunks have no such event), then decodes."""
+    backend.fail = "queued"
+    events = sse_payloads(client.post("/v1/rag", json={"question": "q", "stream": True}).text)
+    assert [e if e == "[DONE]" else e["type"] for e in events] == [
+        "start", "queued", "delta", "delta", "delta", "end", "[DONE]"]  # fmt: skip
+    assert events[1] == {"type": "queued", "ahead": 2, "max_wait_s": 0.5}
+    body = {"model": MODEL, "messages": USER, "stream": True}
+    text = client.post("/v1/chat/completions", json=body).text
+    assert ": queued, 2 ahead\n\n" in text
+    chunks = sse_payloads(text)[:-1]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == (
+        "Use json.loads.")  # fmt: skip
+    assert client.post("/v1/rag", json={"question": "q"}).json()["answer"] == "Use json.loads."
+
+
+def test_a_stream_admitted_but_not_started_gets_its_headers_and_keep_alives(backend):
+    """Admitted, then nothing for longer than `limits.keepalive_s`: the response begins with
+    a comment saying so, keep-alive comments follow until the answer starts."""
+    backend.fail = "slow-start"
+    backend.SLOW_START_S = 1.0
+    app = build_api(backend, small_limits_config(**{"limits.keepalive_s": 0.2}))
+    start, body = asyncio.run(_call(app, [b'{"question": "q", "stream": true}']))
+    assert start["status"] == 200
+    blocks = body.decode().split("\n\n")
+    assert blocks[0] == ": admitted, waiting to start"
+    assert blocks[1] == ": keep-alive"  # while it still has not started
+    first_event = next(i for i, b in enumerate(blocks) if b.startswith("data: "))
+    assert json.loads(blocks[first_event][len("data: ") :])["type"] == "start"
+    assert blocks[-2:] == ["data: [DONE]", ""]
+
+
+def test_a_request_that_waits_too_long_for_a_row_gets_a_503_or_an_error_event(client, backend):
+    backend.fail = "queue-timeout"
+    response = client.post("/v1/rag", json={"question": "q"})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "2"
+    error = response.json()["error"]
+    assert (error["code"], error["type"]) == ("queue_timeout", "service_unavailable")
+    events = sse_payloads(client.post("/v1/rag", json={"question": "q", "stream": True}).text)
+    assert [e.get("type") for e in events[:2]] == ["start", "queued"]
+    assert events[2]["error"]["code"] == "queue_timeout"
+    assert events[3:] == ["[DONE]"]
+    text = client.get("/metrics").text
+    assert _sample(text, 'lookahead_rag_errors_total{code="queue_timeout",endpoint="/v1/rag"}') == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/rag", {"question": "q"}, "question"),
+        ("/v1/completions", completion(), "prompt"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": USER}, "messages"),
+    ],
+)
+def test_a_prompt_that_cannot_fit_names_the_request_field(client, backend, path, body, param):
+    backend.fail = "too-long"
+    for stream in (False, True):
+        response = client.post(path, json={**body, "stream": stream})
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert (error["code"], error["param"]) == ("context_length_exceeded", param)
+
+
+def test_head_healthz_answers_and_a_404_points_at_the_schema(client):
+    assert client.request("HEAD", "/healthz").status_code == 200
+    message = client.get("/v2/answer").json()["error"]["message"]
+    assert "/docs" not in message
+    assert "GET /openapi.json describes them" in message
+
+
+def test_a_request_no_replica_admits_gets_a_503_within_the_queue_wait(backend):
+    """Not even Serve's own queue for a replica may hold a request without bound."""
+    backend.fail = "never-admitted"
+    client = asgi_client(
+        build_api(backend, small_limits_config(**{"limits.max_queue_wait_s": 0.3}))
+    )
+    for stream in (False, True):
+        response = client.post("/v1/rag", json={"question": "q", "stream": stream})
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        error = response.json()["error"]
+        assert error["code"] == "queue_timeout"
+        assert "no Generator replica took the request" in error["message"]

@@ -7,9 +7,19 @@ import time
 
 import pytest
 
-from pipeline.service.errors import QueueFullError
+from pipeline.service.errors import QueueFullError, QueueTimeoutError
 from pipeline.service.scheduler import BatchScheduler
-from pipeline.wire import AnswerStats, ContextTooLongError, Delta, Finished, GenerationJob, Started
+from pipeline.wire import (
+    Admitted,
+    AnswerStats,
+    ContextTooLongError,
+    Delta,
+    Finished,
+    GenerationJob,
+    Queued,
+    ServingStats,
+    Started,
+)
 
 ENDLESS = 10**9  # steps: an answer that never ends by itself
 
@@ -48,6 +58,13 @@ class FakeBatch:
     def cancel(self, handle: int) -> None:
         job, _ = self._jobs.pop(handle)
         self.cancelled.append(job.prompt)
+
+    def serving(self) -> ServingStats:
+        running = min(len(self._jobs), self.max_batch)
+        return ServingStats(running=running, waiting=len(self._jobs) - running)
+
+    def queued(self, handle: int) -> bool:
+        return handle not in list(self._jobs)[: self.max_batch]
 
     def step(self):
         self.gate.wait()
@@ -115,8 +132,11 @@ def test_requests_decode_together_and_a_short_one_is_not_held_back(scheduler, ba
         return await asyncio.gather(*tasks)
 
     long, short, later = asyncio.run(main())
-    assert isinstance(long[0], Started)
+    assert isinstance(long[0], Admitted)
+    assert isinstance(long[1], Started)
     assert isinstance(long[-1], Finished)
+    assert not any(isinstance(e, Queued) for e in long + short)  # each had a row at once
+    assert [e for e in later if isinstance(e, Queued)] == [Queued(0, float("inf"))]
     assert texts(long) == [f"long{i}" for i in range(1, 7)]
     assert texts(short) == ["short1", "short2"]
     assert texts(later) == ["later1", "later2"]
@@ -250,3 +270,63 @@ def test_streaming_before_start_is_a_clear_error():
             asyncio.run(collect(scheduler, job("early")))
     finally:
         scheduler.close()
+
+
+def test_a_request_hears_it_was_admitted_while_the_model_thread_is_busy(scheduler):
+    async def main():
+        loop = asyncio.get_running_loop()
+        inside, release = threading.Event(), threading.Event()
+
+        def hold_the_model_thread():
+            inside.set()
+            release.wait()
+
+        held = loop.run_in_executor(None, scheduler.thread.run, hold_the_model_thread)
+        await loop.run_in_executor(None, inside.wait)
+        stream = scheduler.stream(job("a", 1))
+        first = await asyncio.wait_for(anext(stream), 5)  # the model thread is still held
+        release.set()
+        await held
+        return first, [event async for event in stream]
+
+    first, rest = asyncio.run(main())
+    assert first == Admitted()
+    assert isinstance(rest[0], Started)
+    assert texts(rest) == ["a1"]
+
+
+def test_a_request_that_waits_too_long_for_a_row_leaves_the_queue_with_a_503(batch):
+    """Two rows, held by endless answers: the third request is told it is queued (0 ahead),
+    then leaves with QueueTimeoutError after max_wait_s; the running ones go on."""
+    scheduler = BatchScheduler(max_queued=2, retry_after_s=2.0, max_wait_s=0.3)
+    scheduler.start(lambda: batch)
+
+    async def main():
+        running = [scheduler.stream(job(f"endless{i}", ENDLESS)) for i in range(2)]
+        for stream in running:  # each has its row: it decodes
+            async for event in stream:
+                if isinstance(event, Delta):
+                    break
+        waited = []
+
+        async def wait_in_the_queue():
+            async for event in scheduler.stream(job("waits")):
+                waited.append(event)
+
+        with pytest.raises(QueueTimeoutError) as timed_out:
+            await wait_in_the_queue()
+        for stream in running:
+            assert isinstance(await anext(stream), Delta)  # not cut off by the timeout
+            await stream.aclose()
+        return waited, timed_out.value
+
+    try:
+        waited, error = asyncio.run(main())
+    finally:
+        scheduler.close()
+    assert [type(e) for e in waited] == [Admitted, Started, Queued]
+    assert waited[2] == Queued(0, 0.3)
+    assert error.retry_after_s == 2.0
+    assert "limits.max_queue_wait_s (0.3 s" in str(error)
+    assert "waits" in batch.cancelled
+    assert not any("waits" in step for step in batch.log)  # it never decoded

@@ -1,0 +1,139 @@
+"""The engine's attention: transformers' sdpa, plus the ragged verify pass and, on CPU, no
+key/value copy for a masked grouped-query block.
+
+Ragged pass (docs/batching.md, "Ragged verify"): the batch's new tokens travel as one flattened
+sequence `[1, N]` (row `i`'s `n_i` tokens after row `i - 1`'s), so the linears, the bulk of a
+step, cost `N = sum n_i` token rows instead of `b * max n_i`. Attention stays per row, over that
+row's own cache: the first token of every row (its tree's root, what plain decoding computes)
+attends in one call over all rows, and each tree's other nodes in one call over their own row.
+The layout comes in through the model's keyword arguments (`ragged_layout`), which transformers
+hands to every attention call.
+
+Grouped-query attention (SmolLM2: 9 query heads share 3 key/value heads): a masked multi-token
+query makes transformers' sdpa path `repeat_kv` the whole cache, copying every layer's keys and
+values per pass. torch's kernel takes the grouped heads directly (`enable_gqa=True`) with a mask
+and gives the same result bit for bit, which this module uses for ragged passes and, on CPU, for
+padded ones. Everything else is transformers' own `sdpa_attention_forward`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+NAME = "sdpa_gqa"
+
+
+@dataclass(frozen=True)
+class RaggedLayout:
+    """Where each row's tokens sit in the flattened pass and what they see.
+
+    `offsets[i]`: row i's first token in the flat sequence; `sizes[i]` its token count;
+    `root_mask [b, 1, 1, L]`: each root's keys (its row's prefix and itself); `tree_masks[i]`
+    `[1, 1, n_i - 1, len_i + n_i]` for rows with more than one token (None otherwise).
+    """
+
+    offsets: np.ndarray
+    sizes: np.ndarray
+    root_mask: torch.Tensor
+    tree_masks: list[torch.Tensor | None]
+
+
+def _attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float | None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    return torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling,
+        enable_gqa=key.shape[1] != query.shape[1],
+    )  # fmt: skip
+
+
+def ragged_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    layout: RaggedLayout,
+    scaling: float | None,
+) -> torch.Tensor:
+    """`query [1, heads, N, d]` (the flattened rows), `key/value [b, kv_heads, L, d]` (the rows'
+    caches, new entries written) -> `[1, N, heads, d]`."""
+    offsets = torch.as_tensor(layout.offsets, device=query.device)
+    roots = query[0, :, offsets].transpose(0, 1).unsqueeze(2)  # [b, heads, 1, d]
+    out = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # [N, heads, d]
+    out[offsets] = _attend(roots, key, value, layout.root_mask, scaling)[:, :, 0]
+    for row, mask in enumerate(layout.tree_masks):
+        if mask is None:
+            continue
+        at, n = int(layout.offsets[row]), int(layout.sizes[row])
+        seen = mask.shape[-1]
+        tree = _attend(
+            query[:, :, at + 1 : at + n],
+            key[row : row + 1, :, :seen],
+            value[row : row + 1, :, :seen],
+            mask,
+            scaling,
+        )
+        out[at + 1 : at + n] = tree[0].transpose(0, 1)
+    return out.unsqueeze(0)
+
+
+def sdpa_gqa_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    ragged_layout: RaggedLayout | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """`query [b, heads, q, d]`, `key/value [b, kv_heads, kv, d]` -> `[b, q, heads, d]`, None."""
+    if ragged_layout is not None:
+        if any(kwargs.get(k) is not None for k in ("softcap", "position_bias", "sliding_window")):
+            raise NotImplementedError("the ragged pass does not model softcap, bias or windows")
+        return ragged_attention(query, key, value, ragged_layout, scaling), None
+    grouped = getattr(module, "num_key_value_groups", 1) > 1
+    if not (
+        grouped
+        and query.device.type == "cpu"
+        and query.shape[2] > 1
+        and attention_mask is not None
+        and kwargs.get("position_bias") is None
+        and kwargs.get("softcap") is None
+    ):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs
+        )
+    out = _attend(query, key, value, attention_mask, scaling, dropout)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(NAME, sdpa_gqa_attention_forward)
+AttentionMaskInterface.register(NAME, sdpa_mask)
+
+
+def use_sdpa_gqa(model: PreTrainedModel) -> bool:
+    """Switch a model that runs transformers' sdpa attention to this one; False if it does not."""
+    if model.config._attn_implementation != "sdpa":
+        return False
+    model.set_attn_implementation(NAME)
+    return True
+
+
+def runs_ragged(model: PreTrainedModel) -> bool:
+    """Whether the model's attention is this module's (the ragged pass needs it; the load-time
+    probe then checks that the model really hands it the layout)."""
+    return model.config._attn_implementation == NAME
