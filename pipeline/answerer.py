@@ -10,7 +10,6 @@ through `Answerer`, on the decode engine's batch (`pipeline.batching`, which use
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +38,7 @@ from pipeline.wire import (
     ServingStats,
     SourceRef,
     Started,
+    replica_name,
 )
 from trie_store import RequestDrafter
 from trie_store.sharing import NgramSync, SyncConfig, model_namespace, store_from_url
@@ -126,7 +126,7 @@ class Answerer:
         self.settings = settings
         self.tokenizer = generator.lm.tokenizer
         self.ngrams = ngrams
-        self.name = f"{socket.gethostname()}:{os.getpid()}"  # the replica, in its metrics
+        self.name = replica_name()  # the replica, in its metrics
         lm = generator.lm
         self.model_info = ModelInfo(lm.name, lm.dtype_name, str(lm.device))
 

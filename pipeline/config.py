@@ -54,6 +54,10 @@ class RetrievalSection(_Section):
     corpus: str = "stdlib"
     top_k: int = Field(4, ge=1)  # passages placed in the prompt
     seed_k: int = Field(8, ge=0)  # passages seeding the request trie (the prompt's and more)
+    # How often a Retriever replica reads the index directory's pointer: a new version (from
+    # the admin route or `lookahead-rag index`) serves within this plus its load time.
+    watch_interval_s: float = Field(2.0, gt=0, le=25)
+    keep_versions: int = Field(3, ge=0)  # old versions the service's builder keeps
 
 
 class GenerationSection(_Section):
@@ -132,6 +136,11 @@ class DeploymentsSection(_Section):
     generator: DeploymentSection = DeploymentSection(
         max_ongoing_requests=96, ray_actor_options={"num_cpus": 1, "num_gpus": 0}
     )
+    # One replica: it builds one version at a time (the index directory's lock orders builders
+    # anyway). Deployed only when admin keys are configured.
+    index_builder: DeploymentSection = DeploymentSection(
+        max_ongoing_requests=16, ray_actor_options={"num_cpus": 0}
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -160,6 +169,16 @@ class ServerSection(_Section):
     api_key_file: Path | None = None  # one key a line; re-read when it changes
     # Paths answered without a key: exact paths or shell-style patterns ("/static/*").
     open_paths: tuple[str, ...] = ("/healthz", "/metrics", "/", "/static/*")
+    # Keys of the admin routes (/v1/index*), which take no answering key; none: refused.
+    admin_keys: tuple[SecretStr, ...] = ()
+    admin_key_file: Path | None = None  # one key a line; re-read when it changes
+
+    @model_validator(mode="after")
+    def _separate_keys(self) -> ServerSection:
+        answering = {key.get_secret_value() for key in self.api_keys}
+        if any(key.get_secret_value() in answering for key in self.admin_keys):
+            raise ValueError("an admin key must not also be an answering key (server.api_keys)")
+        return self
 
 
 class Config(_Section):

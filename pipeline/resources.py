@@ -58,17 +58,18 @@ def open_index(config: Config, version: int | None = None):
     says how to make one."""
     from retrieval import load_index
 
-    return load_index(_existing(config), version=version)
+    return load_index(existing_index_dir(config), version=version)
 
 
 def open_live_index(config: Config):
     """The index's current version, loaded, for a `LiveIndex.watch` to keep current."""
     from retrieval import LiveIndex
 
-    return LiveIndex(_existing(config))
+    return LiveIndex(existing_index_dir(config))
 
 
-def _existing(config: Config) -> Path:
+def existing_index_dir(config: Config) -> Path:
+    """`index_dir`, which must exist (a FileNotFoundError that says how to make one)."""
     path = index_dir(config)
     if not path.exists():
         raise _missing(path, config)

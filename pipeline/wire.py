@@ -11,6 +11,8 @@ schemas use `SourceRef` and `AnswerStats` as they are.
 from __future__ import annotations
 
 import bisect
+import os
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -110,6 +112,11 @@ class ServingStats:
     prefix_cache: PrefixCacheCounts | None = None  # None: the replica has no prefix cache
 
 
+def replica_name() -> str:
+    """How a replica is named in the metrics: host and process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """The model a replica runs, as loaded: `dtype` is what `model.dtype: auto` chose there."""
@@ -134,6 +141,24 @@ class ReplicaMetrics:
 
 
 @dataclass(frozen=True)
+class IndexState:
+    """The index version a Retriever replica searched, as of one search (for `/metrics`)."""
+
+    replica: str
+    version: int  # 0: an index directory from before versions
+    documents: int
+    chunks: int
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """A search's passages, best first, all from the one index version `index` names."""
+
+    passages: tuple[Any, ...]
+    index: IndexState
+
+
+@dataclass(frozen=True)
 class Admitted:
     """The Generator replica took the request (it will decode it or keep it queued), sent the
     moment it passes the replica's gate, before the request is prepared: a client hears within
@@ -154,6 +179,7 @@ class Started:
     prompt_tokens: int
     sources: tuple[SourceRef, ...]
     replica: ReplicaMetrics | None = None  # as the request got its place in the batch
+    index_version: int | None = None  # the version the sources came from (set by the ingress)
 
 
 @dataclass(frozen=True)
@@ -202,10 +228,12 @@ class Answer:
     prompt_tokens: int = 0
     sources: tuple[SourceRef, ...] = ()
     finished: Finished | None = None
+    index_version: int | None = None
 
     def add(self, event: Event) -> None:
         if isinstance(event, Started):
             self.prompt_tokens, self.sources = event.prompt_tokens, event.sources
+            self.index_version = event.index_version
         elif isinstance(event, Delta):
             self.text += event.text
         elif isinstance(event, Finished):

@@ -9,12 +9,13 @@ process serving the directory switches within the poll interval plus the load ti
 
 A version that cannot be loaded or does not fit (corrupt, another embedder or dimension,
 empty) is refused: the one held keeps serving, the refusal is kept with its reason, and that
-version is not tried again; the next good version is taken as usual.
+version's directory is not tried again; the next good version is taken as usual.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ class LiveIndex:
         version, path = versions.resolve(self.root)
         self._loaded = Loaded(version, load_index(path, embedder, device=device, dtype=dtype))
         self.refused: dict[int, str] = {}  # version -> why it was not taken
+        # ... and the directory refused: a version written again under its number is new
+        self._refused_as: dict[int, tuple[int, int] | None] = {}
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -67,12 +70,14 @@ class LiveIndex:
                 logger.warning("cannot read the index pointer of %s: %s", self.root, exc)
                 return False
             held = self._loaded
-            if version in (held.version, *self.refused):
+            seen = _identity(versions.version_dir(self.root, version))
+            if version == held.version or self._refused_as.get(version) == seen:
                 return False
             try:
                 index = self._load(version, held.index.embedder)
             except (RetrievalError, OSError) as exc:
                 self.refused[version] = str(exc)
+                self._refused_as[version] = seen
                 logger.error("refused index version %d of %s: %s", version, self.root, exc)
                 return False
             self._loaded = Loaded(version, index)
@@ -105,3 +110,11 @@ class LiveIndex:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns

@@ -7,7 +7,8 @@ the answer the service gives (`pipeline.jobs.rag_stages`). Finished blocks are w
 come (`pipeline.jobs.batch`); `--resume` skips the rows an earlier run settled, by row number,
 after checking that `--out` was written for this questions file. A run ends by checking that
 every input row has exactly one final record (exit status 1 if not). The JSON summary is the
-last line printed.
+last line printed, with the `index_version` the job answered from: pinned for the whole job,
+resumes included, and recorded in `--out`/index.json (`pipeline.jobs.index_pin`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from pipeline.jobs.batch_io import (
     read_questions,
     settled_rows,
 )
+from pipeline.jobs.index_pin import job_index, release
 from pipeline.jobs.rag_stages import ServiceAnswerer, make_search
+from pipeline.resources import existing_index_dir
 
 HELP = "answer a file of questions on Ray Data, resumably"
 
@@ -97,6 +100,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # the whole file or folder; a bad row is only its own error
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    try:
+        job = job_index(existing_index_dir(config), args.out, args.resume)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     skip = frozenset(settled_rows(args.out)) if args.resume else frozenset()
     options = BatchOptions(
         retrieve_actors=args.retrieve_actors,
@@ -106,11 +114,13 @@ def run(args: argparse.Namespace) -> int:
         block_rows=block_rows,
         fmt=args.format,
     )
-    stages = Stages(partial(make_search, config), partial(ServiceAnswerer, config))
+    stages = Stages(partial(make_search, config, job.version), partial(ServiceAnswerer, config))
     session = partial(ray_runtime.connected, config, quiet=True)
     summary = run_batch(questions, args.out, stages, options, skip, session)
     problems = missing_records(questions, args.out)
     for problem in problems:  # a bug if ever: say so, never report a lossy job as done
         print(f"error: {problem}", file=sys.stderr)
-    print(json.dumps(summary.as_dict()))
+    if not summary.counts.failed and not problems:
+        release(job)  # nothing is left for a resume to answer from this version
+    print(json.dumps({**summary.as_dict(), "index_version": job.version}))
     return 1 if problems else 0

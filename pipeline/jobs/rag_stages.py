@@ -14,11 +14,12 @@ from pipeline.planning import JobRequest, plan_job
 from pipeline.wire import Answer, GenerationJob
 
 
-def make_search(config: Config) -> Search:
-    """The configured index, searched as the service plans it (on a retriever actor)."""
+def make_search(config: Config, version: int | None = None) -> Search:
+    """`version` of the configured index (default: the current one), searched as the service
+    plans it (on a retriever actor)."""
     from pipeline.resources import open_index
 
-    return index_search(open_index(config), config)
+    return index_search(open_index(config, version), config)
 
 
 def index_search(index: Any, config: Config) -> Search:

@@ -2,6 +2,9 @@
 with its `api_key`, and every path but the open ones (`server.open_paths`) refuses it a 401
 without a key the service knows.
 
+The admin routes (`/v1/index*`, changing the corpus) take their own keys, `server.admin_keys`
+and `server.admin_key_file`, and no answering key; with none configured they refuse everyone.
+
 Keys come from `server.api_keys` (the config file or `LOOKAHEAD_RAG__SERVER__API_KEYS`, a JSON
 list) and from `server.api_key_file`, one key a line, which is read again whenever it changes,
 so keys rotate without a restart (a Kubernetes Secret mounted as a volume updates in place).
@@ -61,6 +64,13 @@ class ApiKeys:
             return None
         return cls((key.get_secret_value() for key in server.api_keys), server.api_key_file)
 
+    @classmethod
+    def admin_from_config(cls, server: ServerSection) -> ApiKeys | None:
+        """The admin routes' keys; None when none are configured (the routes refuse all)."""
+        if not server.admin_keys and server.admin_key_file is None:
+            return None
+        return cls((key.get_secret_value() for key in server.admin_keys), server.admin_key_file)
+
     def accepts(self, key: bytes | None) -> bool:
         """True when `key` is one of the keys, compared in constant time against all."""
         given = _digest(key or b"")
@@ -100,40 +110,64 @@ def bearer_token(scope: Scope) -> bytes | None:
     return token.strip().encode("latin-1")  # Starlette decodes header bytes as latin-1
 
 
+# The admin routes (`pipeline.service.admin`): admin keys only.
+ADMIN_PATHS = ("/v1/index", "/v1/index/*")
+
+
 def is_open(path: str, open_paths: Iterable[str]) -> bool:
     """Whether `path` is answered without a key: an exact entry or a pattern ("/static/*")."""
     return any(fnmatch.fnmatchcase(path, pattern) for pattern in open_paths)
 
 
 class ApiKeyMiddleware:
-    """401 in the API's error shape for a request without a known key, unless its path is open.
-    `on_refused` sees each refusal (for the error metrics)."""
+    """401 in the API's error shape for a request without a known key, unless its path is open
+    (`keys` None: every answering path is open). The admin paths take the admin keys alone, and
+    refuse everyone with a 403 when there are none. `on_refused` sees each refusal (for the
+    error metrics)."""
 
     def __init__(
         self,
         app: ASGIApp,
-        keys: ApiKeys,
+        keys: ApiKeys | None,
         open_paths: Iterable[str],
         on_refused: Callable[[Request, ApiError], None],
+        admin_keys: ApiKeys | None = None,
     ) -> None:
         self.app, self.keys, self.on_refused = app, keys, on_refused
         self.open_paths = tuple(open_paths)
+        self.admin_keys = admin_keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_open(scope["path"], self.open_paths):
+        error = None
+        if scope["type"] == "http":
+            if is_open(scope["path"], ADMIN_PATHS):
+                error = self._admin_refusal(scope)
+            elif self.keys is not None and not is_open(scope["path"], self.open_paths):
+                error = _refusal(self.keys, bearer_token(scope), "API key", "invalid_api_key")
+        if error is None:
             await self.app(scope, receive, send)
             return
-        key = bearer_token(scope)
-        if self.keys.accepts(key):
-            await self.app(scope, receive, send)
-            return
-        message = (
-            "no API key: send it as 'Authorization: Bearer KEY'"
-            if key is None
-            else "the API key is not valid"
-        )
-        error = ApiError(
-            401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
-        )
         self.on_refused(Request(scope), error)
         await error.response()(scope, receive, send)
+
+    def _admin_refusal(self, scope: Scope) -> ApiError | None:
+        if self.admin_keys is None:
+            return ApiError(
+                403,
+                "the admin routes are off: no admin key is configured (server.admin_keys or "
+                "server.admin_key_file)",
+                type_="permission_error",
+                code="admin_disabled",
+            )
+        return _refusal(self.admin_keys, bearer_token(scope), "admin key", "invalid_admin_key")
+
+
+def _refusal(keys: ApiKeys, key: bytes | None, what: str, code: str) -> ApiError | None:
+    if keys.accepts(key):
+        return None
+    message = (
+        f"no {what}: send it as 'Authorization: Bearer KEY'"
+        if key is None
+        else f"the {what} is not valid"
+    )
+    return ApiError(401, message, code=code, headers={"WWW-Authenticate": "Bearer"})

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from pipeline.service.index_metrics import IndexCollector
 from pipeline.service.replica_metrics import ReplicaCollector
 from pipeline.wire import Finished, Started
 
@@ -93,6 +94,8 @@ class Metrics:
         mean.set_function(self._mean_accepted_length)
         self.replicas = ReplicaCollector()
         r.register(self.replicas)
+        self.index = IndexCollector()
+        r.register(self.index)
         self._emitted = 0  # mirrors of two counters, for the gauge
         self._stepped = 0
 

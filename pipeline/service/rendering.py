@@ -56,15 +56,23 @@ class Renderer(Protocol):
 
 
 class RagRenderer:
-    """`/v1/rag`: events `start` (sources), `queued` (only while it waits for a batch row),
-    `delta` (one per decoding step: its text, tokens and accepted drafted tokens; a step whose
-    text is held back still has one, text ""), `end` (usage, stats)."""
+    """`/v1/rag`: events `start` (sources, and the index version they came from), `queued`
+    (only while it waits for a batch row), `delta` (one per decoding step: its text, tokens and
+    accepted drafted tokens; a step whose text is held back still has one, text ""), `end`
+    (usage, stats)."""
 
     def __init__(self, request_id: str) -> None:
         self.id = request_id
 
     def start(self, started: Started) -> list[dict]:
-        return [{"type": "start", "id": self.id, "sources": _sources(started)}]
+        return [
+            {
+                "type": "start",
+                "id": self.id,
+                "sources": _sources(started),
+                "index_version": started.index_version,
+            }
+        ]
 
     def queued(self, queued: Queued) -> list[dict]:
         return [{"type": "queued", "ahead": queued.ahead, "max_wait_s": queued.max_wait_s}]
@@ -96,6 +104,7 @@ class RagRenderer:
             sources=list(answer.sources),
             usage=usage(answer),
             stats=answer.finished.stats,
+            index_version=answer.index_version,
         )
 
 

@@ -25,6 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.config import Config, LimitsSection
 from pipeline.planning import JobRequest, plan_job
+from pipeline.service.admin import IndexAdmin
+from pipeline.service.admin import router as admin_router
 from pipeline.service.auth import ApiKeyMiddleware, ApiKeys
 from pipeline.service.errors import ApiError, install_error_handlers
 from pipeline.service.metrics import CONTENT_TYPE, Metrics
@@ -48,7 +50,15 @@ from pipeline.service.schemas import (
 
 REQUEST_ID = "x-request-id"
 _STARTED = int(time.time())  # the `created` of the model card
-ENDPOINTS = ("/v1/rag", "/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz")
+ENDPOINTS = (
+    "/v1/rag",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/healthz",
+    "/v1/index",
+    "/v1/index/changes",
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,7 @@ class Service:
     backend: Backend
     config: Config
     metrics: Metrics
+    admin: IndexAdmin | None = None  # the admin routes' builder (None: they answer 503)
 
 
 def endpoint_label(path: str) -> str:
@@ -193,26 +204,27 @@ def build_api(
     *,
     echo_request_id: bool = True,
     metrics: Metrics | None = None,
+    admin: IndexAdmin | None = None,
 ) -> FastAPI:
     metrics = metrics or Metrics()
     app = Api(
         title="lookahead-rag",
         description="RAG answers decoded with lossless lookahead decoding",
     )
-    app.state.service = Service(backend, config, metrics)
+    app.state.service = Service(backend, config, metrics, admin)
     app.request_context = partial(
         RequestContextMiddleware, metrics=metrics, echo=echo_request_id, limits=config.limits
     )
-    keys = ApiKeys.from_config(config.server)
-    if keys is not None:
-        app.add_middleware(
-            ApiKeyMiddleware,
-            keys=keys,
-            open_paths=config.server.open_paths,
-            on_refused=_count_error,
-        )
+    app.add_middleware(
+        ApiKeyMiddleware,
+        keys=ApiKeys.from_config(config.server),
+        open_paths=config.server.open_paths,
+        on_refused=_count_error,
+        admin_keys=ApiKeys.admin_from_config(config.server),
+    )
     install_error_handlers(app, _count_error)
     app.include_router(router)
+    app.include_router(admin_router)
     app.include_router(page_router)
     install_openapi(app, config)
     return app
@@ -237,9 +249,11 @@ async def _generate(request: Request, job_request: JobRequest, renderer: Rendere
     """Plan, retrieve, generate; the whole response, or a stream once generation has started."""
     service = _service(request)
     plan = plan_job(job_request, service.config)
-    passages = (
-        await service.backend.retrieve(plan.query, plan.retrieve_k) if plan.retrieve_k else ()
-    )
+    passages, version = (), None
+    if plan.retrieve_k:
+        retrieved = await service.backend.retrieve(plan.query, plan.retrieve_k)
+        service.metrics.index.update(retrieved.index)
+        passages, version = retrieved.passages, retrieved.index.version
     run = Run(
         service.backend,
         service.metrics,
@@ -248,6 +262,7 @@ async def _generate(request: Request, job_request: JobRequest, renderer: Rendere
         endpoint_label(request.url.path),
         request.state.arrived,
         job_request.text_param,
+        version,
     )
     if not stream:
         return renderer.complete(await once_more_if_the_replica_died(run.whole))

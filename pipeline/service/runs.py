@@ -14,10 +14,11 @@ it to a live replica): a whole response until it is complete, a stream until its
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from pipeline.config import LimitsSection
 from pipeline.planning import PlanError
@@ -31,6 +32,7 @@ from pipeline.wire import (
     Event,
     Finished,
     GenerationJob,
+    Retrieved,
     Started,
 )
 
@@ -39,8 +41,8 @@ T = TypeVar("T")
 
 
 class Backend(Protocol):
-    async def retrieve(self, query: str, k: int) -> Sequence[Any]:
-        """The `k` best passages for `query`, best first."""
+    async def retrieve(self, query: str, k: int) -> Retrieved:
+        """The `k` best passages for `query`, best first, all from one index version."""
         ...
 
     def generate(self, job: GenerationJob) -> AsyncIterator[Event]:
@@ -73,11 +75,12 @@ class Run:
     endpoint: str
     arrived: float
     text_param: str  # the request field a prompt that cannot fit is blamed on
+    index_version: int | None = None  # the index version the job's passages came from
 
     def _events(self) -> AsyncIterator[Event]:
         trace = self.metrics.trace(self.endpoint, self.arrived)
         events = _heard_within(self.backend.generate(self.job), self.limits)
-        return _named(_traced(events, trace), self.text_param)
+        return _versioned(_named(_traced(events, trace), self.text_param), self.index_version)
 
     async def start(self) -> tuple[Started | None, AsyncIterator[Event | None]]:
         """The Generator's `Started` and the events that follow it, with a None each time
@@ -196,3 +199,14 @@ async def _ticking(events: AsyncIterator[T], every_s: float) -> AsyncIterator[T 
             if pending is not None and not pending.cancelled():
                 pending.exception()  # retrieved: an event nobody will read
             await events.aclose()
+
+
+async def _versioned(events: AsyncIterator[Event], version: int | None) -> AsyncIterator[Event]:
+    """`events`, `Started` saying the index version the sources came from."""
+    try:
+        async for event in events:
+            if isinstance(event, Started):
+                event = dataclasses.replace(event, index_version=version)
+            yield event
+    finally:
+        await events.aclose()

@@ -219,6 +219,7 @@ class RagResponse(BaseModel):
     sources: list[SourceRef]
     usage: Usage
     stats: AnswerStats
+    index_version: int | None = None  # the index version the sources came from (None: no RAG)
 
 
 class ChatChoiceMessage(BaseModel):

@@ -39,15 +39,19 @@ def serve_app(small_index_dir, session_redis, tmp_path_factory):
     """One Ray + Serve app for every HTTP test of the session, deployed as on a cluster: two
     Generator replicas (one CPU, one torch thread each; batches of `MAX_BATCH` with `MAX_QUEUED`
     waiting) sharing n-grams through a real Redis, syncing every second, callers let in by an
-    API key from a key file (`servehelpers.AUTH`), header and body deadlines of a few seconds.
-    Afterwards no Ray process of ours may be left (checked by PID)."""
+    API key from a key file (`servehelpers.AUTH`), the admin routes open to `ADMIN_AUTH` (the
+    IndexBuilder deployed), Retrievers checking for a new index version every
+    `WATCH_INTERVAL_S`, header and body deadlines of a few seconds. Afterwards no Ray process of
+    ours may be left (checked by PID)."""
     from servehelpers import (
+        ADMIN_KEY,
         API_KEY,
         BODY_TIMEOUT_S,
         GENERATOR_REPLICAS,
         HEADER_TIMEOUT_S,
         MAX_BATCH,
         MAX_QUEUED,
+        WATCH_INTERVAL_S,
         small_limits_config,
     )
 
@@ -60,6 +64,8 @@ def serve_app(small_index_dir, session_redis, tmp_path_factory):
     config = small_limits_config(
         **{
             "server.api_key_file": str(key_file),
+            "server.admin_keys": [ADMIN_KEY],
+            "retrieval.watch_interval_s": WATCH_INTERVAL_S,
             "limits.body_timeout_s": BODY_TIMEOUT_S,
             "limits.header_timeout_s": HEADER_TIMEOUT_S,
             "retrieval.index_dir": str(small_index_dir),
@@ -85,3 +91,19 @@ def serve_app(small_index_dir, session_redis, tmp_path_factory):
         ray_runtime.stop(config)
     _, alive = psutil.wait_procs(ours, timeout=30)
     assert not alive, f"Ray processes left running: {[(p.pid, p.name()) for p in alive]}"
+
+
+@pytest.fixture(scope="module")
+def url(serve_app):
+    """The session Serve app's base URL."""
+    return serve_app[0]
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    """An HTTP client of the session Serve app with the answering key."""
+    import httpx
+    from servehelpers import AUTH
+
+    with httpx.Client(base_url=url, headers=AUTH, timeout=httpx.Timeout(10.0, read=300.0)) as c:
+        yield c

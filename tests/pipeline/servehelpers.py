@@ -22,7 +22,9 @@ from pipeline.wire import (
     ContextTooLongError,
     Delta,
     Finished,
+    IndexState,
     Queued,
+    Retrieved,
     SourceRef,
     Started,
 )
@@ -36,6 +38,9 @@ MAX_BATCH, MAX_QUEUED = 4, 4  # per Generator replica of the session's Serve app
 HELD_TOKENS = 256  # the longest answer a request may ask for (limits.max_tokens)
 API_KEY = "sk-test-0123456789"  # the session's Serve app lets this key in
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+ADMIN_KEY = "admin-test-0123456789"  # the session's Serve app lets this key into /v1/index*
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+WATCH_INTERVAL_S = 0.5  # the session's Serve app: Retrievers check for a new index version
 BODY_TIMEOUT_S = 3.0  # the session's Serve app: a body must arrive within this
 HEADER_TIMEOUT_S = 2.0  # ... and a request's headers within this
 # Asked of the service, of `lookahead-rag ask` in-process and of a batch job: one answer each.
@@ -447,7 +452,7 @@ class StandIn:
     async def retrieve(self, query, k):
         if self.fail == "retrieve":
             raise BackendUnavailableError("the retriever is unavailable: ActorDiedError")
-        return [Passage(i) for i in range(k)]
+        return Retrieved(tuple(Passage(i) for i in range(k)), IndexState("stand-in", 3, 9, 12))
 
     async def generate(self, job):
         self.jobs.append(job)

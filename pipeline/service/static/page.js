@@ -147,9 +147,11 @@ function segments(answer, from, to, owner, cited, sources) {
   return nodes;
 }
 
-function showSources(sources) {
+function showSources(sources, indexVersion) {
   const list = $("sources");
   if (list.childElementCount) return; // the compared request retrieved the same ones
+  // The index version the passages came from (the corpus can change while the service runs).
+  $("index-version").textContent = indexVersion == null ? "" : `index version ${indexVersion}`;
   list.replaceChildren(
     ...sources.map((source, i) => {
       const item = document.createElement("li");
@@ -257,7 +259,7 @@ class Run {
       this.fail(payload.error.message);
     } else if (payload.type === "start") {
       this.sources = payload.sources;
-      showSources(payload.sources);
+      showSources(payload.sources, payload.index_version);
       $("legend").hidden = false;
     } else if (payload.type === "queued") {
       this.setState("running", `queued: ${payload.ahead} requests ahead`);

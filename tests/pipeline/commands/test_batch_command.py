@@ -18,6 +18,8 @@ from servehelpers import ONE_PATH_QUESTIONS
 
 from pipeline.commands.cli import main
 from pipeline.jobs.batch_io import OK, failed_record, final_records, write_part
+from pipeline.jobs.index_pin import JOB_FILE
+from retrieval import versions
 from trie_store import TrieConfig
 from trie_store.sharing.members import answer_ngrams
 
@@ -69,6 +71,10 @@ def test_batch_answers_as_the_service_and_resumes(
 
     summary = _batch(*argv, env={"LOOKAHEAD_RAG__NGRAMS__REDIS_URL": redis_server.url})
     assert (summary["rows"], summary["answered"], summary["invalid"]) == (4, 3, 1)
+    version = versions.current(small_index_dir)
+    assert summary["index_version"] == version  # pinned, recorded, let go: nothing left
+    assert json.loads((out / JOB_FILE).read_text())["version"] == version
+    assert versions.pins(small_index_dir) == {}
     records = {r["id"]: r for r in final_records(out).values()}
     assert records["q2"]["status"] == "invalid"
     # the repeat was queued beside its twin: the second of them found its whole prompt cached
@@ -96,6 +102,7 @@ def test_batch_answers_as_the_service_and_resumes(
     assert main(["batch", *argv, "--resume"]) == 0
     resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (resumed["skipped"], resumed["answered"], resumed["errors"]) == (4, 0, 0)
+    assert resumed["index_version"] == version
     assert sorted(out.glob("part-*")) == parts
     started = {p.pid for p in psutil.Process().children(recursive=True)} - before
     assert not started, "the resume started processes (Ray) with nothing to answer"

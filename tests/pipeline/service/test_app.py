@@ -41,17 +41,6 @@ QUESTION = "How do I parse a JSON string into a Python object?"
 
 
 @pytest.fixture(scope="module")
-def url(serve_app):
-    return serve_app[0]
-
-
-@pytest.fixture(scope="module")
-def client(url):
-    with httpx.Client(base_url=url, headers=AUTH, timeout=httpx.Timeout(10.0, read=300.0)) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def oai(url):
     return openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0)
 
