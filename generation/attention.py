@@ -34,12 +34,14 @@ NAME = "sdpa_gqa"
 class RaggedLayout:
     """Where each row's tokens sit in the flattened pass and what they see.
 
-    `offsets[i]`: row i's first token in the flat sequence; `sizes[i]` its token count;
+    `offsets[i]`: row i's first token in the flat sequence (also as `roots`, an index tensor on
+    the model's device, made once per pass, not once per layer); `sizes[i]` its token count;
     `root_mask [b, 1, 1, L]`: each root's keys (its row's prefix and itself); `tree_masks[i]`
     `[1, 1, n_i - 1, len_i + n_i]` for rows with more than one token (None otherwise).
     """
 
     offsets: np.ndarray
+    roots: torch.Tensor
     sizes: np.ndarray
     root_mask: torch.Tensor
     tree_masks: list[torch.Tensor | None]
@@ -68,10 +70,9 @@ def ragged_attention(
 ) -> torch.Tensor:
     """`query [1, heads, N, d]` (the flattened rows), `key/value [b, kv_heads, L, d]` (the rows'
     caches, new entries written) -> `[1, N, heads, d]`."""
-    offsets = torch.as_tensor(layout.offsets, device=query.device)
-    roots = query[0, :, offsets].transpose(0, 1).unsqueeze(2)  # [b, heads, 1, d]
+    roots = query[0, :, layout.roots].transpose(0, 1).unsqueeze(2)  # [b, heads, 1, d]
     out = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # [N, heads, d]
-    out[offsets] = _attend(roots, key, value, layout.root_mask, scaling)[:, :, 0]
+    out[layout.roots] = _attend(roots, key, value, layout.root_mask, scaling)[:, :, 0]
     for row, mask in enumerate(layout.tree_masks):
         if mask is None:
             continue

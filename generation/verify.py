@@ -86,7 +86,7 @@ def ragged_inputs(
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     ids = np.concatenate([block.tokens for block in blocks])[None]
     positions = np.concatenate([s + block.depth for s, block in zip(lengths, blocks, strict=True)])
-    roots = np.arange(int((lengths + sizes).max()))[None] <= lengths[:, None]
+    root_sees = np.arange(int((lengths + sizes).max()))[None] <= lengths[:, None]
     tree_masks: list[torch.Tensor | None] = []
     for start, block in zip(lengths.tolist(), blocks, strict=True):
         n = len(block)
@@ -97,7 +97,11 @@ def ragged_inputs(
         visible[:, start:] = block.sees[1:]
         tree_masks.append(_float_mask(visible[None, None], dtype, device))
     layout = RaggedLayout(
-        offsets, sizes, _float_mask(roots[:, None, None], dtype, device), tree_masks
+        offsets,
+        torch.from_numpy(offsets).to(device),
+        sizes,
+        _float_mask(root_sees[:, None, None], dtype, device),
+        tree_masks,
     )
     ids, positions = torch.from_numpy(ids).to(device), torch.from_numpy(positions[None]).to(device)
     return ids, positions, layout

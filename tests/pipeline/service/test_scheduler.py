@@ -2,6 +2,7 @@
 waits, who is refused, who leaves, and that one failure stays one failure."""
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -102,6 +103,25 @@ def batch():
     return FakeBatch()
 
 
+@contextlib.asynccontextmanager
+async def model_thread_held(scheduler):
+    """The model thread busy on a task of ours until the block ends (events, not sleeps)."""
+    loop = asyncio.get_running_loop()
+    inside, release = threading.Event(), threading.Event()
+
+    def hold_the_model_thread():
+        inside.set()
+        release.wait()
+
+    held = loop.run_in_executor(None, scheduler.thread.run, hold_the_model_thread)
+    await loop.run_in_executor(None, inside.wait)
+    try:
+        yield
+    finally:
+        release.set()
+        await held
+
+
 @pytest.fixture
 def scheduler(batch):
     s = BatchScheduler(max_queued=2, retry_after_s=1.5)
@@ -112,23 +132,13 @@ def scheduler(batch):
 
 def test_requests_decode_together_and_a_short_one_is_not_held_back(scheduler, batch):
     async def main():
-        loop = asyncio.get_running_loop()
-        inside, release = threading.Event(), threading.Event()
-
-        def hold_the_model_thread():
-            inside.set()
-            release.wait()
-
-        held = loop.run_in_executor(None, scheduler.thread.run, hold_the_model_thread)
-        await loop.run_in_executor(None, inside.wait)
-        tasks = [
-            asyncio.create_task(collect(scheduler, job("long", 6))),
-            asyncio.create_task(collect(scheduler, job("short", 2))),
-            asyncio.create_task(collect(scheduler, job("later", 2))),  # waits for a row
-        ]
-        await asyncio.sleep(0)  # each task runs up to its first await: all are submitted
-        release.set()  # every request is in before the first step
-        await held
+        async with model_thread_held(scheduler):  # every request is in before the first step
+            tasks = [
+                asyncio.create_task(collect(scheduler, job("long", 6))),
+                asyncio.create_task(collect(scheduler, job("short", 2))),
+                asyncio.create_task(collect(scheduler, job("later", 2))),  # waits for a row
+            ]
+            await asyncio.sleep(0)  # each task runs up to its first await: all are submitted
         return await asyncio.gather(*tasks)
 
     long, short, later = asyncio.run(main())
@@ -274,19 +284,9 @@ def test_streaming_before_start_is_a_clear_error():
 
 def test_a_request_hears_it_was_admitted_while_the_model_thread_is_busy(scheduler):
     async def main():
-        loop = asyncio.get_running_loop()
-        inside, release = threading.Event(), threading.Event()
-
-        def hold_the_model_thread():
-            inside.set()
-            release.wait()
-
-        held = loop.run_in_executor(None, scheduler.thread.run, hold_the_model_thread)
-        await loop.run_in_executor(None, inside.wait)
-        stream = scheduler.stream(job("a", 1))
-        first = await asyncio.wait_for(anext(stream), 5)  # the model thread is still held
-        release.set()
-        await held
+        async with model_thread_held(scheduler):
+            stream = scheduler.stream(job("a", 1))
+            first = await asyncio.wait_for(anext(stream), 5)  # the model thread is still held
         return first, [event async for event in stream]
 
     first, rest = asyncio.run(main())
