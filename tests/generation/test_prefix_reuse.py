@@ -2,6 +2,8 @@
 their KV from the prefix cache and prefills only the rest, with the answer and the KV it would
 have without (float64, several architectures); admission prefers cache hits without starving."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -79,6 +81,14 @@ def test_a_request_can_opt_out_and_a_tiny_cache_stays_within_its_bytes(tokenizer
     assert small.prefix_cache.stats.hits == 2 * BLOCK  # the first block, twice
 
 
+def waited_as_if(decoder: BatchDecoder, waited: dict[int, float]) -> None:
+    """Every waiting sequence as if it had waited `waited[handle]` seconds (else none), so the
+    order tested never depends on how fast the machine ran between the adds."""
+    now = time.perf_counter()
+    for sequence in decoder._waiting:
+        sequence.queued_at = now - waited.get(sequence.handle, 0.0)
+
+
 def test_admission_prefers_cached_prefixes_but_ages_the_others(tokenizer, monkeypatch):
     model = tiny_model("qwen2", seed=2)
     engine = fixed_engine(model, tokenizer)
@@ -89,6 +99,7 @@ def test_admission_prefers_cached_prefixes_but_ages_the_others(tokenizer, monkey
     drive(engine, decoder, {0: [(0, shared[0], config, None)]})
     cold = decoder.add(engine.request(other, config))
     warm = decoder.add(engine.request(shared[1], config))
+    waited_as_if(decoder, {})  # arrived together
     decoder.step()
     assert decoder.row_of(warm) == 0  # the cache hit went first, though it came second
     assert decoder.stats_of(cold).queue_s == 0  # still waiting
@@ -97,8 +108,6 @@ def test_admission_prefers_cached_prefixes_but_ages_the_others(tokenizer, monkey
     # a request that has waited long enough goes before a newer cache hit
     cold = decoder.add(engine.request(other[::-1].copy(), config))
     warm = decoder.add(engine.request(shared[2], config))
-    aged = {cold: 10.0}
-    for sequence in decoder._waiting:  # as if `cold` had waited ten seconds
-        sequence.queued_at -= aged.get(sequence.handle, 0.0)
+    waited_as_if(decoder, {cold: 10.0})
     decoder.step()
     assert decoder.row_of(cold) == 0
