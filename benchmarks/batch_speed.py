@@ -42,11 +42,13 @@ from benchmarks.generation_speed import (
 from generation.batch import BatchDecoder, BatchStats
 from generation.engine import LookaheadConfig, LookaheadGenerator
 from generation.models import load_model
+from generation.prefix_cache import PrefixCache
 from generation.step_cost import load_batch_costs
 
 HELP = "the batched engine under load: B sequences at once"
 
 METHODS = ("sequential", "plain", "lookahead", "padded")
+PREFIX_CACHE_MB = 1024  # the service's default on a CPU (generation.prefix_cache_bytes: auto)
 
 
 @dataclass
@@ -86,6 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prefill-chunk", type=int, default=256, help="prompt tokens a step while others decode"
     )
+    parser.add_argument(
+        "--prefix-cache-mb",
+        type=int,
+        default=PREFIX_CACHE_MB,
+        help=f"each batched run's prefix cache, as served ({PREFIX_CACHE_MB}; 0: none)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     methods = _methods(args.methods)
     if args.limit is not None and args.limit < 1:
         raise SystemExit("--limit must be >= 1")
+    if args.prefix_cache_mb < 0:
+        raise SystemExit("--prefix-cache-mb must be >= 0")
     torch.set_num_threads(args.threads)
     draft_size = args.draft_size if args.draft_size == "auto" else int(args.draft_size)
     config = LookaheadConfig(
@@ -103,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
     engine = LookaheadGenerator(load_model(args.model, args.dtype, args.device), config)
     categories = set(args.categories.split(",")) if args.categories else None
     prompts = read_prompts(args.prompts, engine.encode, categories, args.limit)
-    runners = _runners(engine, config, max(batch_sizes), args.prefill_chunk)
+    runners = _runners(
+        engine, config, max(batch_sizes), args.prefill_chunk, args.prefix_cache_mb << 20
+    )
     for method in methods:  # warm-up: first-call allocations, not timed
         runners[method](prompts[:2], 2, 4)
     reference = _greedy(engine, prompts, config.max_new_tokens)
@@ -134,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             "max_new_tokens": config.max_new_tokens,
             "draft_size": config.draft_size,
             "prefill_chunk": args.prefill_chunk,
+            "prefix_cache_mb": args.prefix_cache_mb,
             "prompts": len(prompts),
             "categories": sorted({p.category for p in prompts}),
             "prompt_tokens_mean": round(float(np.mean([len(p.ids) for p in prompts])), 1),
@@ -151,7 +164,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _runners(
-    engine: LookaheadGenerator, config: LookaheadConfig, max_batch: int, prefill_chunk: int
+    engine: LookaheadGenerator,
+    config: LookaheadConfig,
+    max_batch: int,
+    prefill_chunk: int,
+    prefix_cache_bytes: int,
 ) -> dict[str, Callable[[list[Prompt], int, int], MethodRun]]:
     auto = config.draft_size == "auto"
     costs = {
@@ -175,7 +192,8 @@ def _runners(
         draft_size: int | str, ragged: bool
     ) -> Callable[[list[Prompt], int, int], MethodRun]:
         def go(prompts: list[Prompt], batch: int, max_new: int) -> MethodRun:
-            decoder = BatchDecoder(engine.lm, batch, costs[ragged], prefill_chunk, ragged)
+            cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes else None  # per run
+            decoder = BatchDecoder(engine.lm, batch, costs[ragged], prefill_chunk, ragged, cache)
             request = dataclasses.replace(config, max_new_tokens=max_new, draft_size=draft_size)
             return _drive(engine, decoder, prompts, request)
 
@@ -260,6 +278,8 @@ def _figures(results: dict[str, MethodRun], reference: dict[str, Run]) -> dict:
             out[f"{method}_tokens_per_step"] = round(stats.tokens_per_step, 2)
             out[f"{method}_draft_rows_per_step"] = round(stats.draft_rows_per_step, 2)
             out[f"{method}_rows_per_step"] = round(stats.rows / max(stats.steps, 1), 2)
+            out[f"{method}_prefill_tokens"] = stats.prefill_tokens  # computed
+            out[f"{method}_prefix_tokens"] = stats.prefix_tokens  # reused from the prefix cache
             parts = {
                 "forward": stats.forward_s,
                 "prefill": stats.prefill_s,

@@ -56,7 +56,8 @@ class BatchStats:
     draft_rows: int = 0  # drafted nodes verified
     rows: int = 0  # token rows the passes computed: b * q padded, sum of tree sizes ragged
     prefill_passes: int = 0
-    prefill_tokens: int = 0
+    prefill_tokens: int = 0  # prompt tokens computed
+    prefix_tokens: int = 0  # prompt tokens loaded from the prefix cache instead
     prefill_s: float = 0.0
     forward_s: float = 0.0  # decode passes
     draft_s: float = 0.0  # drafting and sizing the drafts
@@ -267,6 +268,7 @@ class BatchDecoder:
                 match.copy_to(*views)
                 self.cache.lengths[sequence.row] = match.n_tokens
                 request.stats.prefix_tokens = match.n_tokens
+                self.stats.prefix_tokens += match.n_tokens
 
     def _share_prefix(self, sequence: _Sequence) -> None:
         """Its prompt's KV, now whole in its row, into the prefix cache for later requests."""

@@ -16,6 +16,11 @@ ROWS = [
     {"question_id": 3, "category": "translation", "turns": ["Translate: le chat"]},
     {"id": "x", "prompt": "Say the cat sat twice: the cat sat"},
 ]
+PASSAGE = "Passage: " + "The lighthouse keeper logs the tide, the wind and every ship. " * 4
+SHARED = [  # two prompts that share more than one prefix-cache block
+    {"id": "s1", "prompt": PASSAGE + "Q: what is logged?"},
+    {"id": "s2", "prompt": PASSAGE + "Q: who logs it?"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +82,23 @@ def test_bench_batch_reports_every_batch_size_and_method(capsys, saved_model, pr
     assert lines[0].split()[:2] == ["B", "seq"]
 
 
+def test_bench_batch_counts_prompt_tokens_computed_and_reused(capsys, saved_model, tmp_path):
+    path = tmp_path / "shared.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in SHARED) + "\n")
+    common = [path, "--model", saved_model, "--max-new-tokens", 3, "--draft-size", 2,
+              "--batch-sizes", "1", "--methods", "plain,lookahead"]  # fmt: skip
+    cached = bench_batch(capsys, *common)[1]["per_batch"]["1"]
+    uncached = bench_batch(capsys, *common, "--prefix-cache-mb", 0)[1]["per_batch"]["1"]
+    for method in ("plain", "lookahead"):
+        assert cached[f"{method}_prefix_tokens"] >= 32  # the second prompt reused a block
+        assert uncached[f"{method}_prefix_tokens"] == 0
+        assert (
+            cached[f"{method}_prefill_tokens"] + cached[f"{method}_prefix_tokens"]
+            == uncached[f"{method}_prefill_tokens"]
+        )
+        assert cached[f"{method}_identity"] == uncached[f"{method}_identity"] == 1.0
+
+
 def test_bench_batch_methods_subset_and_bad_options(capsys, saved_model, prompts_file):
     _, report = bench_batch(
         capsys, prompts_file, "--model", saved_model, "--max-new-tokens", 4, "--draft-size", 2,
@@ -90,3 +112,5 @@ def test_bench_batch_methods_subset_and_bad_options(capsys, saved_model, prompts
         main(["bench-batch", str(prompts_file), "--batch-sizes", "0,2"])
     with pytest.raises(SystemExit, match="--methods"):
         main(["bench-batch", str(prompts_file), "--methods", "beam"])
+    with pytest.raises(SystemExit, match="--prefix-cache-mb"):
+        main(["bench-batch", str(prompts_file), "--prefix-cache-mb", "-1"])
