@@ -14,6 +14,8 @@ settings.register_profile("no_deadline", deadline=None)
 settings.load_profile("no_deadline")
 
 APP_PREFIX = "LOOKAHEAD_RAG__"
+# A few stdlib modules: a real corpus, small enough to embed in seconds.
+SMALL_CORPUS = ("json", "functools", "subprocess", "pathlib", "csv", "itertools")
 
 
 @pytest.fixture(autouse=True)
@@ -63,3 +65,13 @@ def session_redis():
     """One private redis-server for the whole session (the Serve app's replicas share it)."""
     with LocalRedis() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def small_index_dir(tmp_path_factory):
+    """A real index (default embedder, FAISS) over a few stdlib modules, built once a session."""
+    from retrieval import build_index, stdlib_documents
+
+    out = tmp_path_factory.mktemp("index") / "stdlib-small"
+    build_index(stdlib_documents(list(SMALL_CORPUS)), out=out)
+    return out

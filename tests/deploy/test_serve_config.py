@@ -37,7 +37,12 @@ def test_serve_listens_where_the_pods_expose_it(serve_config: ServeDeploySchema)
     assert serve_config.http_options.port == 8000  # the containers' `serve` port
 
 
-def test_serve_config_builds_the_app_the_cli_serves(serve_config: ServeDeploySchema) -> None:
+def test_serve_config_builds_the_app_the_cli_serves(
+    serve_config: ServeDeploySchema, small_index_dir: Path, app_environment
+) -> None:
+    # The builder makes the configured index when it is missing: here, one already built (the
+    # default corpus would take a minute to embed).
+    app_environment({f"{ENV_PREFIX}RETRIEVAL__INDEX_DIR": str(small_index_dir)})
     (app_config,) = serve_config.applications
     local = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
     (local_app,) = local["applications"]

@@ -1,9 +1,6 @@
 import psutil
 import pytest
 
-# A few stdlib modules: a real corpus, small enough to embed in seconds.
-SMALL_CORPUS = ("json", "functools", "subprocess", "pathlib", "csv", "itertools")
-
 
 @pytest.fixture(scope="session")
 def lm():
@@ -12,16 +9,6 @@ def lm():
     from generation.models import load_model
 
     return load_model(dtype="float32")
-
-
-@pytest.fixture(scope="session")
-def small_index_dir(tmp_path_factory):
-    """A real index (default embedder, FAISS) over a few stdlib modules, built once a session."""
-    from retrieval import build_index, stdlib_documents
-
-    out = tmp_path_factory.mktemp("index") / "stdlib-small"
-    build_index(stdlib_documents(list(SMALL_CORPUS)), out=out)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -171,7 +171,7 @@ def test_an_interrupted_run_resumes_without_loss_or_repeats(
         if len(written) == 2:
             raise KeyboardInterrupt
 
-    options = BatchOptions(block_rows=2, progress=False)
+    options = BatchOptions(block_rows=3, progress=False)
     with pytest.raises(KeyboardInterrupt):
         run_batch(questions, out, _stages(stop_after_two_parts), options)
     first = final_records(out)

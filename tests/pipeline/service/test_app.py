@@ -232,11 +232,11 @@ def _batch_sizes(client) -> tuple[float, float, float]:
 def test_concurrent_requests_share_forward_passes_and_each_gets_its_plain_answer(client, url):
     """Seven answers decode together (the batch-size histogram shows shared steps), each the
     plain greedy answer it gets alone."""
-    plain = [rag(client, question=q, max_tokens=24, lookahead=False)["answer"] for q in QUESTIONS]
+    plain = [rag(client, question=q, max_tokens=16, lookahead=False)["answer"] for q in QUESTIONS]
     steps_before, alone_before, _ = _batch_sizes(client)
 
     def ask(question):
-        body = {"question": question, "max_tokens": 24, "stream": True}
+        body = {"question": question, "max_tokens": 16, "stream": True}
         with _client(url) as c, c.stream("POST", "/v1/rag", json=body) as response:
             assert response.status_code == 200, response.read()
             payloads = sse_payloads(response.iter_lines())
@@ -689,27 +689,3 @@ def test_a_replica_that_cannot_start_fails_the_deploy_with_its_root_cause(serve_
         "deploying broken failed: the Retriever deployment failed to start: "
         f"IndexFormatError: {broken / 'manifest.json'} is corrupt: Field required"
     )
-
-
-def test_a_generator_that_dies_mid_answer_ends_the_stream_with_a_503_error(client, serve_app):
-    """Runs last: kills every Generator replica (the stream is on one of them), then waits for
-    Serve to bring them back."""
-    import ray
-
-    replicas = generator_replicas()
-    assert len(replicas) == GENERATOR_REPLICAS
-    payloads = []
-    killed = threading.Event()
-    body = {"question": QUESTION, "stream": True, "max_tokens": 200, "lookahead": False}
-    with client.stream("POST", "/v1/rag", json=body) as r:
-        for payload in sse_payloads(r.iter_lines()):
-            payloads.append(payload)
-            if payload.get("type") == "delta" and not killed.is_set():
-                for replica in replicas.values():
-                    ray.kill(replica)
-                killed.set()
-    error = payloads[-1]["error"]
-    assert error["code"] == "backend_unavailable"
-    assert error["type"] == "service_unavailable"
-    wait_for_generators(serve_app)  # Serve brings both back; later modules use them
-    assert client.post("/v1/rag", json={"question": QUESTION, "max_tokens": 2}).status_code == 200

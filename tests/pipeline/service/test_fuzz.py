@@ -1,8 +1,8 @@
 """A schema-driven fuzzer (schemathesis) over the real Serve app's own `/openapi.json`: every
 request it makes from the schema, valid or not, must get a status the schema documents (never a
 5xx), with the content type and the body the schema gives for it. The schema's request examples
-must reach generation as they are. Bounded: about a hundred requests over all the operations,
-the same every run, with small answers."""
+must reach generation as they are. Bounded: about seventy requests over all the operations
+(valid ones generate: fewer of them), the same every run, with small answers."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def api_schema(serve_app):
 
 
 @pytest.mark.parametrize(
-    ("mode", "requests"), [(GenerationMode.POSITIVE, 48), (GenerationMode.NEGATIVE, 48)]
+    ("mode", "requests"), [(GenerationMode.POSITIVE, 24), (GenerationMode.NEGATIVE, 48)]
 )
 def test_every_answer_is_one_the_schema_documents(api_schema, mode, requests):
     """Requests the schema allows (positive) and ones it does not (negative), over every

@@ -117,6 +117,7 @@ def build_of(admin, response) -> dict:
     return build
 
 
+@pytest.mark.load  # opt-in (-m load): a minute of streams; the tests below run every time
 def test_changes_reach_the_answers_under_load_and_no_request_fails(
     client, admin, url, root, tmp_path
 ) -> None:

@@ -51,6 +51,7 @@ def _load(client, requests: int) -> list[httpx.Response]:
         return list(pool.map(ask, range(requests)))
 
 
+@pytest.mark.load  # opt-in (-m load): minutes of answers; `bench-soak` is the longer soak
 def test_fifty_requests_at_concurrency_eight_all_succeed_and_memory_holds(serve_app, client):
     wait_for_generators(serve_app)
     generators = _generator_processes()
