@@ -40,6 +40,7 @@ from benchmarks.generation_speed import (
     read_prompts,
 )
 from generation.batch import BatchDecoder, BatchStats
+from generation.defaults import prefix_cache_bytes
 from generation.engine import LookaheadConfig, LookaheadGenerator
 from generation.models import load_model
 from generation.prefix_cache import PrefixCache
@@ -48,7 +49,6 @@ from generation.step_cost import load_batch_costs
 HELP = "the batched engine under load: B sequences at once"
 
 METHODS = ("sequential", "plain", "lookahead", "padded")
-PREFIX_CACHE_MB = 1024  # the service's default on a CPU (generation.prefix_cache_bytes: auto)
 
 
 @dataclass
@@ -91,8 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prefix-cache-mb",
         type=int,
-        default=PREFIX_CACHE_MB,
-        help=f"each batched run's prefix cache, as served ({PREFIX_CACHE_MB}; 0: none)",
+        help="each batched run's prefix cache (default: as served on --device, 1024 on a CPU; "
+        "0: none)",
     )
 
 
@@ -101,8 +101,13 @@ def run(args: argparse.Namespace) -> int:
     methods = _methods(args.methods)
     if args.limit is not None and args.limit < 1:
         raise SystemExit("--limit must be >= 1")
-    if args.prefix_cache_mb < 0:
+    if args.prefix_cache_mb is not None and args.prefix_cache_mb < 0:
         raise SystemExit("--prefix-cache-mb must be >= 0")
+    cache_bytes = (
+        prefix_cache_bytes("auto", args.device)
+        if args.prefix_cache_mb is None
+        else args.prefix_cache_mb << 20
+    )
     torch.set_num_threads(args.threads)
     draft_size = args.draft_size if args.draft_size == "auto" else int(args.draft_size)
     config = LookaheadConfig(
@@ -113,9 +118,7 @@ def run(args: argparse.Namespace) -> int:
     engine = LookaheadGenerator(load_model(args.model, args.dtype, args.device), config)
     categories = set(args.categories.split(",")) if args.categories else None
     prompts = read_prompts(args.prompts, engine.encode, categories, args.limit)
-    runners = _runners(
-        engine, config, max(batch_sizes), args.prefill_chunk, args.prefix_cache_mb << 20
-    )
+    runners = _runners(engine, config, max(batch_sizes), args.prefill_chunk, cache_bytes)
     for method in methods:  # warm-up: first-call allocations, not timed
         runners[method](prompts[:2], 2, 4)
     reference = _greedy(engine, prompts, config.max_new_tokens)
@@ -146,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
             "max_new_tokens": config.max_new_tokens,
             "draft_size": config.draft_size,
             "prefill_chunk": args.prefill_chunk,
-            "prefix_cache_mb": args.prefix_cache_mb,
+            "prefix_cache_mb": cache_bytes >> 20,
             "prompts": len(prompts),
             "categories": sorted({p.category for p in prompts}),
             "prompt_tokens_mean": round(float(np.mean([len(p.ids) for p in prompts])), 1),
