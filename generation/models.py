@@ -133,7 +133,7 @@ def speed_up(model: PreTrainedModel) -> list[str]:
     Linears prepacked for oneDNN (on CPU, float32/bfloat16) and the engine's attention
     (`attention.py`: ragged verify passes; on CPU, sdpa without the key/value copy for masked
     grouped-query blocks). Measured in docs/perf-notes.md; the logits stay those of
-    the stock model up to float rounding (bit for bit for the attention change).
+    the stock model up to float rounding.
     """
     applied = []
     if pack_linear_layers(model):
