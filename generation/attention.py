@@ -5,7 +5,9 @@ Ragged pass (docs/batching.md, "Ragged verify"): the batch's new tokens travel a
 sequence `[1, N]` (row `i`'s `n_i` tokens after row `i - 1`'s), so the linears, the bulk of a
 step, cost `N = sum n_i` token rows instead of `b * max n_i`. Attention stays per row, over that
 row's own cache: the first token of every row (its tree's root, what plain decoding computes)
-attends in one call over all rows, and each tree's other nodes in one call over their own row.
+attends in one call over all rows, and each tree's other nodes in one call over their own row;
+or, when many rows have trees, all of them in one call with the queries padded to the longest
+tree (`verify.pad_attention`), so that no row's cache is read twice.
 The layout comes in through the model's keyword arguments (`ragged_layout`), which transformers
 hands to every attention call.
 
@@ -14,7 +16,8 @@ query makes transformers' sdpa path `repeat_kv` the whole cache, copying every l
 values per pass. This module folds instead: the query heads that share a key/value head become
 one block of query rows (`[b, kv_heads, groups * q, d]`, the mask repeated per group), so each
 key/value head is read once per row, as transformers itself does for a single query token
-(`pack_gqa`). On CPU that is 1.3-1.8x faster per call than torch's kernel taking the grouped
+(`pack_gqa`); for verify-sized blocks only (`FOLD_MAX_QUERIES`), prefill chunks run faster
+unfolded. On CPU that is 1.3-1.8x faster per call than torch's kernel taking the grouped
 heads directly (`enable_gqa=True`) at b = 8 and q = 2-8, 10-15% of a whole b = 8 verify pass
 (docs/perf-notes.md, "Grouped heads folded"); the result differs from it only in float rounding
 (float64 tests: 1e-12). Used for ragged passes and, on CPU, for padded ones. Everything else is
@@ -33,6 +36,9 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 NAME = "sdpa_gqa"
+# Folding pays for verify-sized blocks and loses for prefill chunks (per call, 9/3 heads, CPU:
+# b = 8, q = 8, 1,000 keys 3.1 vs 4.1 ms; b = 1, q = 256, 1,024 keys 9.3 vs 7.3 ms).
+FOLD_MAX_QUERIES = 8
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,9 @@ class RaggedLayout:
     `offsets[i]`: row i's first token in the flat sequence (also as `roots`, an index tensor on
     the model's device, made once per pass, not once per layer); `sizes[i]` its token count;
     `root_mask [b, 1, 1, L]`: each root's keys (its row's prefix and itself); `tree_masks[i]`
-    `[1, 1, n_i - 1, len_i + n_i]` for rows with more than one token (None otherwise).
+    `[1, 1, n_i - 1, len_i + n_i]` for rows with more than one token (None otherwise). Or, when
+    attention runs padded (`grid` set, `tree_masks` empty): `grid [N]`, each flat token's slot
+    in the `[b * q]` padded queries, and `grid_mask [b, 1, q, L]` the padded pass's mask.
     """
 
     offsets: np.ndarray
@@ -50,6 +58,8 @@ class RaggedLayout:
     sizes: np.ndarray
     root_mask: torch.Tensor
     tree_masks: list[torch.Tensor | None]
+    grid: torch.Tensor | None = None
+    grid_mask: torch.Tensor | None = None
 
 
 def attend(
@@ -60,12 +70,13 @@ def attend(
     scaling: float | None,
     dropout: float = 0.0,
 ) -> torch.Tensor:
-    """`query [b, heads, q, d]` over `key/value [b, kv_heads, L, d]` -> `[b, heads, q, d]`, the
-    heads of a group folded into one block of rows (a mask per head: torch's grouped kernel)."""
+    """`query [b, heads, q, d]` over `key/value [b, kv_heads, L, d]` -> `[b, heads, q, d]`; for
+    up to FOLD_MAX_QUERIES tokens a row, the heads of a group folded into one block of rows
+    (longer blocks, prefill chunks, or a mask per head: torch's grouped kernel)."""
     batch, heads, q, dim = query.shape
     kv_heads = key.shape[1]
     groups = heads // kv_heads
-    if groups == 1 or (mask is not None and mask.shape[1] != 1):
+    if groups == 1 or q > FOLD_MAX_QUERIES or (mask is not None and mask.shape[1] != 1):
         return torch.nn.functional.scaled_dot_product_attention(
             query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling,
             enable_gqa=groups > 1,
@@ -89,6 +100,14 @@ def ragged_attention(
 ) -> torch.Tensor:
     """`query [1, heads, N, d]` (the flattened rows), `key/value [b, kv_heads, L, d]` (the rows'
     caches, new entries written) -> `[1, N, heads, d]`."""
+    if layout.grid is not None:  # one padded call: every row's cache read once
+        b, heads, dim = len(layout.sizes), query.shape[1], query.shape[3]
+        q = layout.grid_mask.shape[2]
+        padded = query.new_zeros(b * q, heads, dim)
+        padded[layout.grid] = query[0].transpose(0, 1)
+        padded = padded.view(b, q, heads, dim).transpose(1, 2)
+        out = attend(padded, key, value, layout.grid_mask, scaling)  # [b, heads, q, d]
+        return out.transpose(1, 2).reshape(b * q, heads, dim)[layout.grid].unsqueeze(0)
     roots = query[0, :, layout.roots].transpose(0, 1).unsqueeze(2)  # [b, heads, 1, d]
     out = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # [N, heads, d]
     out[layout.roots] = attend(roots, key, value, layout.root_mask, scaling)[:, :, 0]

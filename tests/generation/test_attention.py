@@ -25,7 +25,7 @@ def random_mask(shape, generator) -> torch.Tensor:
     return seen
 
 
-@pytest.mark.parametrize("q", [1, 2, 5])
+@pytest.mark.parametrize("q", [1, 2, 5, 12])  # 12: beyond FOLD_MAX_QUERIES
 @pytest.mark.parametrize("mask_rows", [3, 1])  # one mask per row, or one for all rows
 @pytest.mark.parametrize("kind", ["float", "bool", "none", "per-head"])
 def test_folded_groups_equal_repeated_key_value_heads(q, mask_rows, kind):

@@ -19,7 +19,7 @@ from genhelpers import (
     tree_logits,
 )
 
-from generation import UnsupportedModelError
+from generation import UnsupportedModelError, verify
 from generation.accept import greedy_accept
 from generation.attention import use_sdpa_gqa
 from generation.kv_cache import BatchKVCache
@@ -125,7 +125,10 @@ def test_model_that_mixes_up_rows_positions_is_refused():
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
-def test_ragged_pass_gives_each_row_its_own_plain_logits(arch):
+@pytest.mark.parametrize("padded_attention", [False, True])
+def test_ragged_pass_gives_each_row_its_own_plain_logits(arch, padded_attention, monkeypatch):
+    # Attention per row (roots, then each tree) or in one padded call: both exact.
+    monkeypatch.setattr(verify, "pad_attention", lambda sizes: padded_attention)
     model = tiny_model(arch, 3)
     assert use_sdpa_gqa(model)
     assert check_tree_attention(model)
@@ -165,3 +168,17 @@ def test_ragged_needs_the_engines_attention():
     forward = model.forward
     model.forward = lambda **kw: forward(**{k: v for k, v in kw.items() if k != "ragged_layout"})
     assert not check_tree_attention(model)  # a model that drops the layout: padded, not wrong
+
+
+@pytest.mark.parametrize(
+    ("sizes", "padded"),
+    [
+        ([3, 3, 3, 3, 1, 1, 1, 1], True),  # four trees, two extra nodes at most
+        ([4, 3, 3, 2, 2, 2, 2, 1], True),
+        ([2, 2, 1, 1], True),
+        ([9, 1, 1, 1, 1, 1, 1, 1], False),  # one deep tree: seven roots would pad to nine
+        ([6, 2, 1, 1], False),
+    ],
+)
+def test_ragged_attention_is_padded_when_many_rows_have_trees(sizes, padded):
+    assert verify.pad_attention(np.array(sizes)) is padded
