@@ -76,17 +76,15 @@ def attend(
     batch, heads, q, dim = query.shape
     kv_heads = key.shape[1]
     groups = heads // kv_heads
-    if groups == 1 or q > FOLD_MAX_QUERIES or (mask is not None and mask.shape[1] != 1):
-        return torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling,
-            enable_gqa=groups > 1,
-        )  # fmt: skip
-    if mask is not None and q > 1:  # [rows, 1, q, L] -> [rows, 1, groups * q, L]
-        rows, length = mask.shape[0], mask.shape[-1]
-        mask = mask.unsqueeze(2).expand(rows, 1, groups, q, length).reshape(rows, 1, -1, length)
+    fold = groups > 1 and q <= FOLD_MAX_QUERIES and (mask is None or mask.shape[1] == 1)
+    if fold:
+        query = query.reshape(batch, kv_heads, groups * q, dim)
+        if mask is not None and q > 1:  # [rows, 1, q, L] -> [rows, 1, groups * q, L]
+            rows, length = mask.shape[0], mask.shape[-1]
+            mask = mask.unsqueeze(2).expand(rows, 1, groups, q, length).reshape(rows, 1, -1, length)
     out = torch.nn.functional.scaled_dot_product_attention(
-        query.reshape(batch, kv_heads, groups * q, dim), key, value,
-        attn_mask=mask, dropout_p=dropout, scale=scaling,
+        query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling,
+        enable_gqa=groups > 1 and not fold,
     )  # fmt: skip
     return out.reshape(batch, heads, q, dim)
 
