@@ -20,8 +20,12 @@ key/value head is read once per row, as transformers itself does for a single qu
 unfolded. On CPU that is 1.3-1.8x faster per call than torch's kernel taking the grouped
 heads directly (`enable_gqa=True`) at b = 8 and q = 2-8, 10-15% of a whole b = 8 verify pass
 (docs/perf-notes.md, "Grouped heads folded"); the result differs from it only in float rounding
-(float64 tests: 1e-12). Used for ragged passes and, on CPU, for padded ones. Everything else is
-transformers' own `sdpa_attention_forward`.
+(float64 tests: 1e-12). Used for ragged passes and, on CPU, for padded ones.
+
+On CPU, decode and verify blocks (up to `cpu_attention.MAX_QUERIES` tokens a row, float32 or
+bfloat16) go to the engine's own kernel first (`cpu_attention.py`): each row's cache read once,
+and a query's result independent of the rest of the call. Everything else is transformers' own
+`sdpa_attention_forward`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from generation.cpu_attention import decode_attention
 
 NAME = "sdpa_gqa"
 # Folding pays for verify-sized blocks and loses for prefill chunks (per call, 9/3 heads, CPU:
@@ -70,9 +76,12 @@ def attend(
     scaling: float | None,
     dropout: float = 0.0,
 ) -> torch.Tensor:
-    """`query [b, heads, q, d]` over `key/value [b, kv_heads, L, d]` -> `[b, heads, q, d]`; for
-    up to FOLD_MAX_QUERIES tokens a row, the heads of a group folded into one block of rows
-    (longer blocks, prefill chunks, or a mask per head: torch's grouped kernel)."""
+    """`query [b, heads, q, d]` over `key/value [b, kv_heads, L, d]` -> `[b, heads, q, d]`: on
+    CPU the engine's kernel where it fits (`cpu_attention`); else for up to FOLD_MAX_QUERIES
+    tokens a row, the heads of a group folded into one block of rows (longer blocks, prefill
+    chunks, or a mask per head: torch's grouped kernel)."""
+    if dropout == 0.0 and (out := decode_attention(query, key, value, mask, scaling)) is not None:
+        return out
     batch, heads, q, dim = query.shape
     kv_heads = key.shape[1]
     groups = heads // kv_heads
@@ -142,14 +151,18 @@ def sdpa_gqa_attention_forward(
         if any(kwargs.get(k) is not None for k in ("softcap", "position_bias", "sliding_window")):
             raise NotImplementedError("the ragged pass does not model softcap, bias or windows")
         return ragged_attention(query, key, value, ragged_layout, scaling), None
+    plain = kwargs.get("position_bias") is None and kwargs.get("softcap") is None
+    if plain and dropout == 0.0:
+        out = decode_attention(query, key, value, attention_mask, scaling)
+        if out is not None:  # stored as [b, q, heads, d]: the transpose is free
+            return out.transpose(1, 2), None
     grouped = getattr(module, "num_key_value_groups", 1) > 1
     if not (
-        grouped
+        plain
+        and grouped
         and query.device.type == "cpu"
         and query.shape[2] > 1
         and attention_mask is not None
-        and kwargs.get("position_bias") is None
-        and kwargs.get("softcap") is None
     ):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs

@@ -23,7 +23,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from generation import bundled
+from generation import bundled, cpu_attention
 from generation.attention import use_sdpa_gqa
 from generation.defaults import DEFAULT_MODEL, DTYPE_NAMES, DTYPE_SETTINGS
 from generation.packed_linear import pack_linear_layers
@@ -131,15 +131,18 @@ def speed_up(model: PreTrainedModel) -> list[str]:
     """Apply the inference speed-ups that fit the model's device and dtype; returns their names.
 
     Linears prepacked for oneDNN (on CPU, float32/bfloat16) and the engine's attention
-    (`attention.py`: ragged verify passes; on CPU, sdpa without the key/value copy for masked
-    grouped-query blocks). Measured in docs/perf-notes.md; the logits stay those of
-    the stock model up to float rounding.
+    (`attention.py`: ragged verify passes; on CPU, the decode attention kernel of
+    `cpu_attention.py`, built here on first use, and sdpa without the key/value copy for masked
+    grouped-query blocks). Measured in docs/perf-notes.md; the logits stay those of the stock
+    model up to float rounding.
     """
     applied = []
     if pack_linear_layers(model):
         applied.append("packed_linear")
     if use_sdpa_gqa(model):
         applied.append("sdpa_gqa")
+        if cpu_attention.serves(model) and cpu_attention.kernel() is not None:  # built now
+            applied.append("cpu_attention")
     return applied
 
 
