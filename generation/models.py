@@ -11,7 +11,6 @@ but a CPU without bfloat16 instructions converts in software and runs it slower 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from transformers import (
 
 from generation import bundled, cpu_attention
 from generation.attention import use_sdpa_gqa
-from generation.defaults import DEFAULT_MODEL, DTYPE_NAMES, DTYPE_SETTINGS
+from generation.defaults import DEFAULT_MODEL, DTYPE_NAMES, DTYPE_SETTINGS, cache_dir
 from generation.packed_linear import pack_linear_layers
 
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
@@ -58,12 +57,6 @@ class LoadedModel:
     def dtype_name(self) -> str:
         """ "bfloat16", "float32", ...: what `dtype="auto"` chose, as reports and metrics say it."""
         return str(self.model.dtype).removeprefix("torch.")
-
-
-def cache_dir() -> Path:
-    """Where converted models and measured step costs are kept (`LOOKAHEAD_RAG_CACHE` overrides)."""
-    root = os.environ.get("LOOKAHEAD_RAG_CACHE") or Path.home() / ".cache" / "lookahead-rag"
-    return Path(root)
 
 
 def auto_dtype(device: str | torch.device) -> str:

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generation.defaults import PREFILL_CHUNK
+from generation.defaults import PREFILL_CHUNK, cache_dir
 from generation.kv_cache import BatchKVCache
-from generation.models import LoadedModel, cache_dir
+from generation.models import LoadedModel
 from generation.verify import Block, forward_blocks, prefill_row
 from trie_store.draft import Draft
 

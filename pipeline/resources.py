@@ -20,7 +20,7 @@ def index_dir(config: Config) -> Path:
     retrieval = config.retrieval
     if retrieval.index_dir is not None:
         return Path(retrieval.index_dir)
-    from generation.models import cache_dir  # torch: only for the default location
+    from generation.defaults import cache_dir
 
     if retrieval.corpus == STDLIB:
         name = STDLIB
