@@ -24,8 +24,9 @@ heads directly (`enable_gqa=True`) at b = 8 and q = 2-8, 10-15% of a whole b = 8
 
 On CPU, decode and verify blocks (up to `cpu_attention.MAX_QUERIES` tokens a row, float32 or
 bfloat16) go to the engine's own kernel first (`cpu_attention.py`): each row's cache read once,
-and a query's result independent of the rest of the call. Everything else is transformers' own
-`sdpa_attention_forward`.
+and a query's result independent of the rest of the call; a ragged pass is then one kernel call
+with every row's tokens as they are, neither padded nor split into roots and trees. Everything
+else is transformers' own `sdpa_attention_forward`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from generation import cpu_attention
 from generation.cpu_attention import decode_attention
 
 NAME = "sdpa_gqa"
@@ -56,7 +58,9 @@ class RaggedLayout:
     `root_mask [b, 1, 1, L]`: each root's keys (its row's prefix and itself); `tree_masks[i]`
     `[1, 1, n_i - 1, len_i + n_i]` for rows with more than one token (None otherwise). Or, when
     attention runs padded (`grid` set, `tree_masks` empty): `grid [N]`, each flat token's slot
-    in the `[b * q]` padded queries, and `grid_mask [b, 1, q, L]` the padded pass's mask.
+    in the `[b * q]` padded queries, and `grid_mask [b, 1, q, L]` the padded pass's mask. Or,
+    with `kernel`, the CPU kernel takes every row's tokens unpadded in one call, token `t` of row
+    `i` masked by `grid_mask[i, 0, t]` (`cpu_attention.ragged_attention`).
     """
 
     offsets: np.ndarray
@@ -66,6 +70,7 @@ class RaggedLayout:
     tree_masks: list[torch.Tensor | None]
     grid: torch.Tensor | None = None
     grid_mask: torch.Tensor | None = None
+    kernel: bool = False  # the CPU kernel takes the rows as they are, masked by `grid_mask`
 
 
 def attend(
@@ -107,6 +112,12 @@ def ragged_attention(
 ) -> torch.Tensor:
     """`query [1, heads, N, d]` (the flattened rows), `key/value [b, kv_heads, L, d]` (the rows'
     caches, new entries written) -> `[1, N, heads, d]`."""
+    if layout.kernel:  # one call on the CPU kernel, each row its own number of tokens
+        sizes = layout.sizes
+        out = cpu_attention.ragged_attention(
+            query, key, value, layout.grid_mask, layout.offsets, sizes, scaling
+        )
+        return out.unsqueeze(0)
     if layout.grid is not None:  # one padded call: every row's cache read once
         b, heads, dim = len(layout.sizes), query.shape[1], query.shape[3]
         q = layout.grid_mask.shape[2]

@@ -23,6 +23,7 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import torch
 
 from generation.defaults import cache_dir
@@ -65,7 +66,7 @@ def _build() -> ModuleType:
     return load_inline(
         name,
         cpp_sources=[source],
-        functions=["decode_attention"],
+        functions=["decode_attention", "ragged_attention"],
         extra_cflags=["-O3", "-march=native", "-fopenmp"],
         extra_ldflags=["-fopenmp"],  # torch's own libgomp.so.1, already loaded: one thread pool
         build_directory=str(build_dir),
@@ -146,3 +147,26 @@ def decode_attention(
         return None
     scale = query.shape[3] ** -0.5 if scaling is None else scaling
     return module.decode_attention(query, key, value, mask, scale)
+
+
+def takes_ragged(model: torch.nn.Module, sizes: np.ndarray) -> bool:
+    """Whether a ragged pass of trees of `sizes` runs its attention on the kernel, in one call."""
+    return int(sizes.max()) <= MAX_QUERIES and serves(model) and kernel() is not None
+
+
+def ragged_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor,
+    offsets: np.ndarray,
+    sizes: np.ndarray,
+    scaling: float | None,
+) -> torch.Tensor:
+    """A ragged pass in one call (`takes_ragged` said yes): `query [1, heads, N, d]`, row `i`'s
+    `sizes[i]` tokens from `offsets[i]`, over `key/value [b, kv_heads, L, d]`, token `t` of row
+    `i` masked by `mask[i, 0, t]` -> `[N, heads, d]`."""
+    scale = query.shape[3] ** -0.5 if scaling is None else scaling
+    return kernel().ragged_attention(
+        query, key, value, mask, offsets.tolist(), sizes.tolist(), scale
+    )

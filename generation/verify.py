@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from generation import cpu_attention
 from generation.attention import RaggedLayout, runs_ragged
 from generation.kv_cache import BatchKVCache
 from generation.models import UnsupportedModelError
@@ -101,9 +102,14 @@ def pad_attention(sizes: np.ndarray) -> bool:
 
 
 def ragged_inputs(
-    blocks: Sequence[Block], lengths: np.ndarray, dtype: torch.dtype, device: torch.device
+    blocks: Sequence[Block],
+    lengths: np.ndarray,
+    dtype: torch.dtype,
+    device: torch.device,
+    kernel: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, RaggedLayout]:
-    """`input_ids [1, N]` and `position_ids [1, N]` of the flattened blocks, and their layout."""
+    """`input_ids [1, N]` and `position_ids [1, N]` of the flattened blocks, and their layout
+    (`kernel`: for the CPU kernel, which takes the rows unpadded in one call)."""
     sizes = np.array([len(block) for block in blocks])
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     ids = np.concatenate([block.tokens for block in blocks])[None]
@@ -112,7 +118,9 @@ def ragged_inputs(
     root_sees = np.arange(kv_len)[None] <= lengths[:, None]
     tree_masks: list[torch.Tensor | None] = []
     grid = grid_mask = None
-    if pad_attention(sizes):
+    if kernel:
+        grid_mask = _padded_mask(blocks, lengths, kv_len, dtype, device)
+    elif pad_attention(sizes):
         q = int(sizes.max())
         slots = np.concatenate([i * q + np.arange(n) for i, n in enumerate(sizes)])
         grid = torch.from_numpy(slots).to(device)
@@ -134,6 +142,7 @@ def ragged_inputs(
         tree_masks,
         grid,
         grid_mask,
+        kernel,
     )
     ids, positions = torch.from_numpy(ids).to(device), torch.from_numpy(positions[None]).to(device)
     return ids, positions, layout
@@ -159,7 +168,10 @@ def forward_blocks(
     lengths = cache.lengths[rows]
     if ragged and (sizes != sizes[0]).any():
         cache.plan_forward(rows, 0, sizes)
-        input_ids, position_ids, layout = ragged_inputs(blocks, lengths, model.dtype, model.device)
+        kernel = cpu_attention.takes_ragged(model, sizes)
+        input_ids, position_ids, layout = ragged_inputs(
+            blocks, lengths, model.dtype, model.device, kernel
+        )
         logits = model(
             input_ids=input_ids,
             position_ids=position_ids,

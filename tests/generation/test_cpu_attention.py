@@ -4,11 +4,18 @@ else is in the call; the calls it refuses go to torch's sdpa."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+import transformers as tf
+from genhelpers import VOCAB, sequential_logits
 
 from generation import cpu_attention
-from generation.attention import attend
+from generation.attention import attend, use_sdpa_gqa
+from generation.kv_cache import BatchKVCache
+from generation.step_cost import tree_draft
+from generation.verify import Block, forward_blocks, prefill_row
+from trie_store.draft import Draft
 
 pytestmark = pytest.mark.skipif(
     cpu_attention.kernel() is None, reason="the CPU attention kernel could not be built here"
@@ -139,3 +146,75 @@ def test_turned_off_by_the_environment(monkeypatch):
     generator = torch.Generator().manual_seed(6)
     query, key, value = inputs(1, 1, 10, torch.float32, generator)
     assert cpu_attention.decode_attention(query, key, value, None, None) is None
+
+
+def test_a_ragged_call_gives_each_row_what_it_gets_alone():
+    """Rows of 3, 1, 5 and 2 tokens flattened into one call, each over its own cache and mask
+    rows: bit for bit what each row gets in a call of its own."""
+    generator = torch.Generator().manual_seed(7)
+    sizes = np.array([3, 1, 5, 2])
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    flat, key, value = inputs(1, int(sizes.sum()), 420, torch.float32, generator)
+    key, value = (
+        t.expand(4, -1, -1, -1) + torch.arange(4.0)[:, None, None, None] for t in (key, value)
+    )
+    mask = hidden_mask(4, int(sizes.max()), 420, torch.float32, generator)
+    out = cpu_attention.ragged_attention(flat, key, value, mask, offsets, sizes, None)
+    assert out.shape == (sizes.sum(), HEADS, DIM)
+    for row, (at, n) in enumerate(zip(offsets, sizes, strict=True)):
+        alone = cpu_attention.decode_attention(
+            flat[:, :, at : at + n], key[row : row + 1], value[row : row + 1],
+            mask[row : row + 1, :, :n], None,
+        )  # fmt: skip
+        assert torch.equal(out[at : at + n], alone[0].transpose(0, 1))
+        want = reference(flat[:, :, at : at + n], key[row : row + 1], value[row : row + 1],
+                         mask[row : row + 1, :, :n])  # fmt: skip
+        torch.testing.assert_close(alone.double(), want, rtol=0, atol=2e-6)
+
+
+def test_a_row_stops_at_the_last_key_it_sees():
+    """Keys past every token's last seen key are never read: NaN there changes nothing."""
+    generator = torch.Generator().manual_seed(8)
+    query, key, value = inputs(2, 2, 700, torch.float32, generator)
+    mask = torch.zeros(2, 1, 2, 700)
+    mask[0, :, :, 300:] = torch.finfo(torch.float32).min  # row 0 sees 300 keys, row 1 all
+    clean = cpu_attention.decode_attention(query, key, value, mask, None)
+    key[0, :, 300:], value[0, :, 300:] = float("nan"), float("nan")
+    assert torch.equal(cpu_attention.decode_attention(query, key, value, mask, None), clean)
+
+
+def test_ragged_verify_pass_on_the_kernel_gives_plain_logits():
+    """A float32 model with 64-wide heads: the ragged pass (one kernel call for all rows) gives
+    each row the logits of a plain forward over its context and path."""
+    model = tiny_kernel_model()
+    assert cpu_attention.serves(model)
+    rng = np.random.default_rng(9)
+    contexts = [rng.integers(0, VOCAB, n) for n in (5, 40, 300, 2)]
+    cache = BatchKVCache(model, len(contexts))
+    for row, context in enumerate(contexts):
+        prefill_row(model, cache, row, context[:-1], 64)
+    drafts = []
+    for context, size in zip(contexts, (4, 1, 9, 2), strict=True):
+        draft = tree_draft(size, rng, VOCAB)
+        drafts.append(Draft(np.array([context[-1], *draft.tokens[1:]]), draft.parent,
+                            draft.depth, draft.scores))  # fmt: skip
+    sizes = np.array([len(d) for d in drafts])
+    assert cpu_attention.takes_ragged(model, sizes)
+    blocks = [Block.of_draft(d) for d in drafts]
+    with torch.inference_mode():
+        logits = forward_blocks(model, cache, slice(0, 4), blocks, ragged=True)
+        for row, (context, draft) in enumerate(zip(contexts, drafts, strict=True)):
+            want = sequential_logits(model, context[:-1], draft)
+            torch.testing.assert_close(logits[row], want, rtol=0, atol=1e-4)
+
+
+def tiny_kernel_model():
+    config = tf.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=192, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=3, num_key_value_heads=1, max_position_embeddings=512,
+        bos_token_id=None, eos_token_id=None, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    assert use_sdpa_gqa(model)
+    return model
