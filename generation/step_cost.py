@@ -43,7 +43,8 @@ STARTUP_QS = (1, 2, 4, 8, 16, 32)  # beyond 32: the last slope
 CONTEXT_LEN = 700
 GRID_ROWS = 128  # a start-up curve stops at b * q <= this (beyond: the last slope)
 # Bump when the verify pass changes how fast it runs, so cached curves are measured again.
-# 3: grouped heads folded; 4: ragged attention padded (verify.pad_attention); 5: the CPU kernel; 6: ragged on it
+# 3: grouped heads folded; 4: ragged attention padded (verify.pad_attention); 5: the CPU
+# attention kernel; 6: ragged passes on it
 CURVE_VERSION = 6
 # A start-up measurement that got less than this share of the CPU time it asked for (threads x
 # wall time) ran beside something else: used, but not cached (the next start measures again).
