@@ -41,7 +41,6 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from generation import cpu_attention
-from generation.cpu_attention import decode_attention
 
 NAME = "sdpa_gqa"
 # Folding pays for verify-sized blocks and loses for prefill chunks (per call, 9/3 heads, CPU:
@@ -85,7 +84,10 @@ def attend(
     CPU the engine's kernel where it fits (`cpu_attention`); else for up to FOLD_MAX_QUERIES
     tokens a row, the heads of a group folded into one block of rows (longer blocks, prefill
     chunks, or a mask per head: torch's grouped kernel)."""
-    if dropout == 0.0 and (out := decode_attention(query, key, value, mask, scaling)) is not None:
+    if (
+        dropout == 0.0
+        and (out := cpu_attention.decode_attention(query, key, value, mask, scaling)) is not None
+    ):
         return out
     batch, heads, q, dim = query.shape
     kv_heads = key.shape[1]
@@ -113,9 +115,8 @@ def ragged_attention(
     """`query [1, heads, N, d]` (the flattened rows), `key/value [b, kv_heads, L, d]` (the rows'
     caches, new entries written) -> `[1, N, heads, d]`."""
     if layout.kernel:  # one call on the CPU kernel, each row its own number of tokens
-        sizes = layout.sizes
         out = cpu_attention.ragged_attention(
-            query, key, value, layout.grid_mask, layout.offsets, sizes, scaling
+            query, key, value, layout.grid_mask, layout.offsets, layout.sizes, scaling
         )
         return out.unsqueeze(0)
     if layout.grid is not None:  # one padded call: every row's cache read once
@@ -164,7 +165,7 @@ def sdpa_gqa_attention_forward(
         return ragged_attention(query, key, value, ragged_layout, scaling), None
     plain = kwargs.get("position_bias") is None and kwargs.get("softcap") is None
     if plain and dropout == 0.0:
-        out = decode_attention(query, key, value, attention_mask, scaling)
+        out = cpu_attention.decode_attention(query, key, value, attention_mask, scaling)
         if out is not None:  # stored as [b, q, heads, d]: the transpose is free
             return out.transpose(1, 2), None
     grouped = getattr(module, "num_key_value_groups", 1) > 1

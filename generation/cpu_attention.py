@@ -145,8 +145,7 @@ def decode_attention(
     module = kernel()
     if module is None:
         return None
-    scale = query.shape[3] ** -0.5 if scaling is None else scaling
-    return module.decode_attention(query, key, value, mask, scale)
+    return module.decode_attention(query, key, value, mask, _scale(query, scaling))
 
 
 def takes_ragged(model: torch.nn.Module, sizes: np.ndarray) -> bool:
@@ -166,7 +165,11 @@ def ragged_attention(
     """A ragged pass in one call (`takes_ragged` said yes): `query [1, heads, N, d]`, row `i`'s
     `sizes[i]` tokens from `offsets[i]`, over `key/value [b, kv_heads, L, d]`, token `t` of row
     `i` masked by `mask[i, 0, t]` -> `[N, heads, d]`."""
-    scale = query.shape[3] ** -0.5 if scaling is None else scaling
     return kernel().ragged_attention(
-        query, key, value, mask, offsets.tolist(), sizes.tolist(), scale
+        query, key, value, mask, offsets.tolist(), sizes.tolist(), _scale(query, scaling)
     )
+
+
+def _scale(query: torch.Tensor, scaling: float | None) -> float:
+    """sdpa's default: one over the square root of the head size."""
+    return query.shape[3] ** -0.5 if scaling is None else scaling
