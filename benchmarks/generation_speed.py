@@ -61,7 +61,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The prompt file, its selection, the model and the lookahead options (shared with
     `bench-batch`)."""
     parser.add_argument(
-        "prompts", type=Path, help="JSONL: {question_id, category, turns} or {id, prompt}"
+        "prompts",
+        type=Path,
+        help="JSONL: {question_id, category, turns}, {id, prompt} or {id, ids}",
     )
     parser.add_argument(
         "--limit", type=int, help="at most N prompts, taken round-robin over categories"
@@ -155,33 +157,48 @@ def run(args: argparse.Namespace) -> int:
 
 def read_prompts(
     path: Path,
-    encode: Callable[[str], np.ndarray],
+    encode: Callable[[str | np.ndarray], np.ndarray],
     categories: set[str] | None = None,
     limit: int | None = None,
 ) -> list[Prompt]:
-    """Chat-templated prompts; `limit` takes them round-robin over categories, so even a short
-    run covers every category."""
+    """Chat-templated prompts, or token ids taken as they are (`{id, ids}`: a prompt already
+    built, e.g. by `bench-quality --write-prompts`); `limit` takes them round-robin over
+    categories, so even a short run covers every category."""
     by_category: dict[str, list[Prompt]] = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            text = row["turns"][0] if "turns" in row else row["prompt"]
             prompt_id = str(row.get("question_id", row.get("id", number)))
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+            category = str(row.get("category", "all"))
+            if categories is not None and category not in categories:
+                continue
+            if "ids" in row:
+                ids = encode(_token_ids(row["ids"]))
+            else:
+                ids = encode(row["turns"][0] if "turns" in row else row["prompt"])
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
             raise ValueError(
-                f"{path}:{number}: want {{question_id, category, turns: [text]}} or "
-                f"{{id, prompt}} ({type(exc).__name__}: {exc})"
+                f"{path}:{number}: want {{question_id, category, turns: [text]}}, "
+                f"{{id, prompt}} or {{id, ids: [token ids]}} ({type(exc).__name__}: {exc})"
             ) from exc
-        category = str(row.get("category", "all"))
-        if categories is None or category in categories:
-            by_category.setdefault(category, []).append(Prompt(prompt_id, category, encode(text)))
+        by_category.setdefault(category, []).append(Prompt(prompt_id, category, ids))
     queues = list(by_category.values())
     ordered = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
     if not ordered:
         raise ValueError(f"no prompts in {path} (categories: {categories or 'all'})")
     return ordered[:limit]
+
+
+def _token_ids(value: object) -> np.ndarray:
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(i, int) and i >= 0 for i in value)
+    ):
+        raise ValueError("ids must be a non-empty list of token ids (ints >= 0)")
+    return np.asarray(value, dtype=np.int64)
 
 
 def _runners(engine: LookaheadGenerator, config: LookaheadConfig) -> dict[str, Callable]:

@@ -125,6 +125,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also decode without drafts, interleaved: speedup and identity",
     )
     parser.add_argument("--out", type=Path, help="write every judged answer here (JSONL)")
+    parser.add_argument(
+        "--write-prompts",
+        type=Path,
+        metavar="FILE",
+        help="only write each question's prompt as the service builds it ({id, category, ids} "
+        "JSONL: a bench-batch workload of RAG prompts), for the first --model, and stop",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,9 +140,14 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    if args.write_prompts:
+        written = write_prompts(models[0], rows, args)
+        print(f"{written} prompts written to {args.write_prompts}")
+        return 0
     results: dict[str, dict[str, Any]] = {}
     records: dict[str, list[Record]] = {}
-    for model in [m.strip() for m in args.model.split(",") if m.strip()]:
+    for model in models:
         print(f"== {model}", flush=True)
         records[model], results[model] = evaluate(model, rows, args)
         print(table(model, results[model]), flush=True)
@@ -157,11 +169,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate(
-    model: str, rows: list[QARow], args: argparse.Namespace
-) -> tuple[list[Record], dict[str, Any]]:
-    """Every row answered by `model` through the RAG core, judged; the model's figures."""
-    from pipeline import batching
+def load_pipeline(model: str, args: argparse.Namespace, draft_size: Any = None) -> Any:
+    """The RAG core (`pipeline.rag.RagPipeline`) on `model` with the options' overrides
+    (`draft_size`, if given, over `--draft-size`)."""
     from pipeline.config import load_config
     from pipeline.rag import RagPipeline
     from pipeline.resources import ensure_index
@@ -172,13 +182,41 @@ def evaluate(
         "retrieval.index_dir": args.index,
         "retrieval.corpus": None if args.index else args.corpus,
         "retrieval.top_k": args.top_k,
-        "generation.draft_size": args.draft_size,
+        "generation.draft_size": args.draft_size if draft_size is None else draft_size,
         "generation.passage_order": args.order,
     }
     config = load_config(args.config, overrides=overrides)
     ensure_index(config)
+    return RagPipeline.load(config, max_batch=args.max_batch)
+
+
+def write_prompts(model: str, rows: list[QARow], args: argparse.Namespace) -> int:
+    """Each row's prompt token ids, as the Generator builds them, into `args.write_prompts`
+    (the drafter's extra passages, retrieved but cut from the prompt, are not carried)."""
+    pipeline = load_pipeline(model, args, draft_size=0)  # no drafts: no step costs to measure
+    try:
+        answerer = pipeline.batch.answerer
+        lines = []
+        for row in rows:
+            prepared = answerer.prepare(pipeline.job(row.question, max_tokens=args.max_tokens))
+            ids = [int(i) for i in prepared.token_ids]
+            lines.append(json.dumps({"id": row.id, "category": "rag", "ids": ids}) + "\n")
+    finally:
+        pipeline.close()
+    args.write_prompts.write_text("".join(lines), encoding="utf-8")
+    return len(lines)
+
+
+def evaluate(
+    model: str, rows: list[QARow], args: argparse.Namespace
+) -> tuple[list[Record], dict[str, Any]]:
+    """Every row answered by `model` through the RAG core, judged; the model's figures. With
+    `--compare-plain` neither method reuses cached prompt KV: plain decoding runs each group
+    after lookahead did, and would otherwise find every prompt cached."""
+    from pipeline import batching
+
     started = time.perf_counter()
-    pipeline = RagPipeline.load(config, max_batch=args.max_batch)
+    pipeline = load_pipeline(model, args)
     load_s = time.perf_counter() - started
     try:
         jobs = [pipeline.job(row.question, max_tokens=args.max_tokens) for row in rows]
@@ -186,6 +224,8 @@ def evaluate(
         answers, plain = [], []
         for i in range(0, len(jobs), args.max_batch):
             group = jobs[i : i + args.max_batch]
+            if args.compare_plain:
+                group = [replace(j, prefix_cache=False) for j in group]
             runs = [("lookahead", answers, group)]
             if args.compare_plain:
                 runs.append(("plain", plain, [replace(j, lookahead=False) for j in group]))

@@ -233,3 +233,11 @@ def test_sampling_options_are_checked(prompts_file):
         main(["bench", str(prompts_file), "--temperature", "-1"])
     with pytest.raises(SystemExit, match="--methods"):
         main(["bench", str(prompts_file), "--temperature", "0.7", "--methods", "greedy"])
+
+
+@pytest.mark.parametrize("ids", ["[]", '["a", 2]', "[-1]", '"some text"'])
+def test_a_prompt_row_of_token_ids_must_hold_token_ids(tmp_path, ids):
+    path = tmp_path / "ids.jsonl"
+    path.write_text('{"id": "ok", "ids": [5, 6]}\n{"id": "bad", "ids": ' + ids + "}\n")
+    with pytest.raises(ValueError, match=r"ids.jsonl:2: .*token ids"):
+        read_prompts(path, encode=lambda ids: ids)

@@ -133,3 +133,30 @@ def test_bench_quality_reports_every_model_and_stays_lossless(
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 10
     assert {r["id"] for r in records} == {r.id for r in picked}
+
+
+def test_bench_quality_writes_the_service_prompts_as_a_bench_batch_workload(
+    capsys, tmp_path, quality_index, saved_model
+):
+    from transformers import AutoTokenizer
+
+    from benchmarks.generation_speed import read_prompts
+
+    rows = read_qa(QA_FILE)[:3]
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps(asdict(r)) + "\n" for r in rows))
+    out = tmp_path / "prompts.jsonl"
+    argv = [
+        "bench-quality", qa, "--index", quality_index, "--model", saved_model,
+        "--top-k", 2, "--dtype", "float64", "--write-prompts", out,
+    ]  # fmt: skip
+    assert main(list(map(str, argv))) == 0
+    assert "3 prompts written" in capsys.readouterr().out
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [w["id"] for w in written] == [r.id for r in rows]
+    tokenizer = AutoTokenizer.from_pretrained(saved_model)
+    for row, line in zip(rows, written, strict=True):
+        assert line["category"] == "rag"
+        assert row.question in tokenizer.decode(line["ids"])  # instruction, passages, question
+    prompts = read_prompts(out, encode=lambda ids: ids)  # ids are taken as they are
+    assert [p.ids.tolist() for p in prompts] == [w["ids"] for w in written]
