@@ -40,7 +40,7 @@ from pipeline.wire import (
     Started,
     replica_name,
 )
-from trie_store import RequestDrafter
+from trie_store import AnswerMemory, RequestDrafter
 from trie_store.sharing import NgramSync, SyncConfig, model_namespace, store_from_url
 
 
@@ -126,6 +126,8 @@ class Answerer:
         self.settings = settings
         self.tokenizer = generator.lm.tokenizer
         self.ngrams = ngrams
+        # Greedy answers by their exact prompt, replayed as drafts when it comes again.
+        self.answers = AnswerMemory() if settings.replay_answers else None
         self.name = replica_name()  # the replica, in its metrics
         lm = generator.lm
         self.model_info = ModelInfo(lm.name, lm.dtype_name, str(lm.device))
@@ -205,10 +207,11 @@ class Answerer:
         # there) are seeded through the prompt itself.
         extra = [self._encode(p.text) for p in job.passages[len(prompt.passages) :]]
         shared = self.ngrams.global_trie() if self.ngrams is not None else None
+        previous = self.answers.recall(prompt.token_ids) if self.answers is not None else None
         return Prepared(
             prompt.token_ids,
             config,
-            RequestDrafter(prompt.token_ids, extra, global_trie=shared),
+            RequestDrafter(prompt.token_ids, extra, global_trie=shared, previous_answer=previous),
             tuple(source_ref(p) for p in prompt.passages),
             job.lookahead,
         )
@@ -228,6 +231,8 @@ class Answerer:
         if chunk.finish_reason is not None:
             if self.ngrams is not None:
                 self.ngrams.record(prepared.answer)
+            if self.answers is not None and prepared.config.sampling.greedy:
+                self.answers.remember(prepared.token_ids, prepared.answer)
             events.append(_finished(chunk, prepared.lookahead, self.metrics(serving)))
         return events
 

@@ -73,6 +73,9 @@ class GenerationSection(_Section):
     prefix_cache: bool = True
     prefix_cache_bytes: PositiveInt | Literal["auto"] = "auto"
     passage_order: PassageOrder = "score"  # see pipeline.prompt; docs/architecture.md why
+    # Draft a prompt's last greedy answer again when exactly that prompt comes back (a popular
+    # question word for word): verified like every draft, so answers never change.
+    replay_answers: bool = True
 
 
 class NgramsSection(_Section):

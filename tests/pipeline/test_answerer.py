@@ -1,5 +1,7 @@
 """Generator replicas share popular n-grams through one Redis (the real default model)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -83,3 +85,39 @@ def test_a_model_without_a_chat_template_is_prompted_as_a_completion_that_stops(
     else:
         assert prepared.config.stop == ("END", "\nQuestion:", "\n\n")
         assert text == "Question: Who ran?\nAnswer:"
+
+
+def test_a_prompt_asked_again_decodes_its_last_greedy_answer_in_a_few_passes(tokenizer):
+    from genhelpers import tiny_model
+    from transformers import AutoTokenizer
+
+    from generation import LoadedModel
+
+    own = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    lm = LoadedModel(tiny_model("llama", vocab=len(own)), own, "tiny")  # never stops early
+    answerer = Answerer.from_model(lm, GenerationSection(draft_size=8))
+    question = {"role": "user", "content": f"{PASSAGE}\n\nWho traded?"}
+    job = GenerationJob(messages=(question,), max_tokens=27)
+
+    def collect(job: GenerationJob) -> Answer:
+        return Answer.collect(batching.stream(batching.AnswerBatch(answerer, 2), job))
+
+    first = collect(job)
+    assert first.finished.completion_tokens == 27
+    prepared = answerer.prepare(job)
+    replayed = prepared.drafter.replay.answer
+    assert len(replayed) == 27
+    assert own.decode(replayed) == first.text
+    again = collect(job)
+    assert again.text == first.text  # lossless: the model verified every replayed token
+    assert again.finished.stats.steps == 3  # 8 drafted + 1 bonus token a pass
+
+    # A wrong memory costs rows, never the answer; sampled answers are not remembered.
+    answerer.answers.remember(prepared.token_ids, [7] * 27)
+    assert collect(job).text == first.text
+    sampled = replace(job, messages=({"role": "user", "content": "Who ran?"},), temperature=0.7)
+    collect(sampled)
+    assert answerer.answers.recall(answerer.prepare(sampled).token_ids) is None
+    off = Answerer.from_model(lm, GenerationSection(draft_size=8, replay_answers=False))
+    assert off.answers is None
+    assert off.prepare(job).drafter.replay is None
