@@ -126,7 +126,8 @@ class Answerer:
         self.settings = settings
         self.tokenizer = generator.lm.tokenizer
         self.ngrams = ngrams
-        # Greedy answers by their exact prompt, replayed as drafts when it comes again.
+        # Greedy answers by their exact prompt, replayed as drafts when it comes again; a job
+        # with `prefix_cache` off neither replays nor leaves its answer, as with its KV.
         self.answers = AnswerMemory() if settings.replay_answers else None
         self.name = replica_name()  # the replica, in its metrics
         lm = generator.lm
@@ -207,7 +208,8 @@ class Answerer:
         # there) are seeded through the prompt itself.
         extra = [self._encode(p.text) for p in job.passages[len(prompt.passages) :]]
         shared = self.ngrams.global_trie() if self.ngrams is not None else None
-        previous = self.answers.recall(prompt.token_ids) if self.answers is not None else None
+        remembers = self.answers is not None and job.prefix_cache
+        previous = self.answers.recall(prompt.token_ids) if remembers else None
         return Prepared(
             prompt.token_ids,
             config,
@@ -231,7 +233,8 @@ class Answerer:
         if chunk.finish_reason is not None:
             if self.ngrams is not None:
                 self.ngrams.record(prepared.answer)
-            if self.answers is not None and prepared.config.sampling.greedy:
+            config = prepared.config
+            if self.answers is not None and config.reuse_prefix and config.sampling.greedy:
                 self.answers.remember(prepared.token_ids, prepared.answer)
             events.append(_finished(chunk, prepared.lookahead, self.metrics(serving)))
         return events

@@ -118,6 +118,11 @@ def test_a_prompt_asked_again_decodes_its_last_greedy_answer_in_a_few_passes(tok
     sampled = replace(job, messages=({"role": "user", "content": "Who ran?"},), temperature=0.7)
     collect(sampled)
     assert answerer.answers.recall(answerer.prepare(sampled).token_ids) is None
+    uncached = replace(job, prefix_cache=False)  # keeps out of every cache: no replay either
+    assert answerer.prepare(uncached).drafter.replay is None
+    answerer.answers.remember(prepared.token_ids, [7] * 27)
+    assert collect(uncached).text == first.text
+    assert answerer.answers.recall(prepared.token_ids).tolist() == [7] * 27  # nor leaves one
     off = Answerer.from_model(lm, GenerationSection(draft_size=8, replay_answers=False))
     assert off.answers is None
     assert off.prepare(job).drafter.replay is None
