@@ -95,6 +95,9 @@ class AnswerBatch:
         )
         handle = self.decoder.add(request)
         self._jobs[handle] = _Job(prepared, request.stats)
+        if prepared.drafter.replay is not None:
+            replays = self._counts.answer_replays + 1
+            self._counts = replace(self._counts, answer_replays=replays)
         return handle, self.answerer.started(prepared, self.serving())
 
     def queued(self, handle: int) -> bool:

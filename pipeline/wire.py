@@ -109,6 +109,7 @@ class ServingStats:
     draft_tokens: int = 0
     accepted_tokens: int = 0
     accepted_per_position: tuple[int, ...] = ()
+    answer_replays: int = 0  # requests that drafted their very prompt's previous answer
     prefix_cache: PrefixCacheCounts | None = None  # None: the replica has no prefix cache
 
 

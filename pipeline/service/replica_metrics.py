@@ -72,6 +72,11 @@ _SERVING_METRICS = {
     "drafts": ("spec_decode_num_drafts", "counter", "drafts verified (one sequence, one step)"),
     "draft_tokens": ("spec_decode_num_draft_tokens", "counter", "drafted tokens verified"),
     "accepted_tokens": ("spec_decode_num_accepted_tokens", "counter", "drafted tokens accepted"),
+    "answer_replays": (  # ours: vLLM has no such thing
+        "answer_replays",
+        "counter",
+        "requests that drafted the answer their very prompt got before (replay_answers)",
+    ),
 }
 # `PrefixCacheCounts` field -> (vLLM's name, type, help).
 _PREFIX_CACHE_METRICS = {

@@ -99,8 +99,10 @@ def test_a_prompt_asked_again_decodes_its_last_greedy_answer_in_a_few_passes(tok
     question = {"role": "user", "content": f"{PASSAGE}\n\nWho traded?"}
     job = GenerationJob(messages=(question,), max_tokens=27)
 
+    batch = batching.AnswerBatch(answerer, 2)
+
     def collect(job: GenerationJob) -> Answer:
-        return Answer.collect(batching.stream(batching.AnswerBatch(answerer, 2), job))
+        return Answer.collect(batching.stream(batch, job))
 
     first = collect(job)
     assert first.finished.completion_tokens == 27
@@ -123,6 +125,7 @@ def test_a_prompt_asked_again_decodes_its_last_greedy_answer_in_a_few_passes(tok
     answerer.answers.remember(prepared.token_ids, [7] * 27)
     assert collect(uncached).text == first.text
     assert answerer.answers.recall(prepared.token_ids).tolist() == [7] * 27  # nor leaves one
+    assert batch.serving().answer_replays == 2  # `again` and the wrong memory
     off = Answerer.from_model(lm, GenerationSection(draft_size=8, replay_answers=False))
     assert off.answers is None
     assert off.prepare(job).drafter.replay is None

@@ -91,6 +91,7 @@ def test_a_replicas_batch_is_shown_under_vllms_names():
         draft_tokens=20,
         accepted_tokens=5,
         accepted_per_position=(3, 2),
+        answer_replays=2,
     )
     metrics = Metrics()
     trace = metrics.trace("/v1/rag", 0.0)
@@ -102,6 +103,7 @@ def test_a_replicas_batch_is_shown_under_vllms_names():
     assert samples[("lookahead_rag:spec_decode_num_drafts_total", a)] == 4
     assert samples[("lookahead_rag:spec_decode_num_draft_tokens_total", a)] == 20
     assert samples[("lookahead_rag:spec_decode_num_accepted_tokens_total", a)] == 5
+    assert samples[("lookahead_rag:answer_replays_total", a)] == 2
     per_position = "lookahead_rag:spec_decode_num_accepted_tokens_per_pos_total"
     assert samples[(per_position, (("position", "0"), *a))] == 3
     assert samples[(per_position, (("position", "1"), *a))] == 2
