@@ -14,7 +14,6 @@ differently the channel falls silent for the rest of the request.
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -34,13 +33,12 @@ MAX_ANSWERS = 4096  # prompts remembered per replica: answers of ~256 tokens, ~8
 
 class AnswerMemory:
     """Each prompt's last greedy answer, keyed by the prompt's exact token ids; the least
-    recently used prompt goes first when `max_answers` are held. Thread-safe: requests are
-    prepared and finished on different threads."""
+    recently used prompt goes first when `max_answers` are held. Not thread-safe: the thread
+    that steps the batch prepares and finishes every request (`pipeline.batching`)."""
 
     def __init__(self, max_answers: int = MAX_ANSWERS) -> None:
         self.max_answers = as_int(max_answers, "max_answers", minimum=1)
         self._answers: OrderedDict[bytes, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -48,11 +46,10 @@ class AnswerMemory:
     def recall(self, prompt: object) -> np.ndarray | None:
         """The answer last remembered for exactly this prompt, or None."""
         key = _key(prompt)
-        with self._lock:
-            answer = self._answers.get(key)
-            if answer is not None:
-                self._answers.move_to_end(key)
-            return answer
+        answer = self._answers.get(key)
+        if answer is not None:
+            self._answers.move_to_end(key)
+        return answer
 
     def remember(self, prompt: object, answer: object) -> None:
         """Keep `answer` (a non-empty token sequence) as this prompt's, replacing an older one."""
@@ -60,11 +57,10 @@ class AnswerMemory:
         if len(tokens) == 0:
             return
         key = _key(prompt)
-        with self._lock:
-            self._answers[key] = tokens
-            self._answers.move_to_end(key)
-            while len(self._answers) > self.max_answers:
-                self._answers.popitem(last=False)
+        self._answers[key] = tokens
+        self._answers.move_to_end(key)
+        while len(self._answers) > self.max_answers:
+            self._answers.popitem(last=False)
 
 
 class Replay:
