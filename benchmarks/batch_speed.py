@@ -10,7 +10,9 @@ as soon as a row frees, as the service's model thread does) by
 With more prompts than B (`prompts_per_row` > 1) the figures are those of a busy service, rows
 refilled as they free; with B prompts or fewer, of one wave, which ends with its slowest member.
 Methods run one after another within each B, their order rotating from one B to the next.
-Tokens/s is total tokens over the method's wall time, prefills included. Every output is
+Tokens/s is total tokens over the method's wall time, prefills included; `*_saturated_tok_s`
+the same until the last prompt got its place (every row busy throughout: a loaded service, no
+tail), `*_decode_tok_s` the decode passes alone (prefill costs both methods alike). Every output is
 checked token for token against transformers' greedy `generate` (at a mismatch: the position
 and the reference's top-2 logit gap there, as `bench` reports it). Time to first token counts
 from a request's admission; inter-token latency is per request, after its first chunk. The
@@ -75,6 +77,10 @@ class MethodRun:
     runs: dict[str, Timed]
     seconds: float
     stats: BatchStats | None = None  # the batched methods'
+    # (tokens, seconds) until the last prompt got its place: every row busy throughout, a
+    # service under load; what follows is the tail, with rows emptying (batched methods, with
+    # more prompts than rows).
+    saturated: tuple[int, float] | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -219,17 +225,21 @@ def _drive(
     """Every prompt through `decoder`, admitted as rows free up."""
     queue = list(reversed(prompts))
     runs, ids = {}, {}
+    saturated, tokens = None, 0
     t0 = time.perf_counter()
     while queue or decoder.busy:
         while queue and decoder.free:
             prompt = queue.pop()
             ids[decoder.add(engine.request(prompt.ids, config))] = prompt.id
             runs[prompt.id] = Timed([], start=time.perf_counter())
+            if not queue and tokens:
+                saturated = (tokens, time.perf_counter() - t0)
         for handle, chunk in decoder.step():
             if chunk.finish_reason == "error":
                 raise chunk.error
             _record(runs[ids[handle]], chunk)
-    return MethodRun(runs, time.perf_counter() - t0, decoder.stats)
+            tokens += len(chunk.token_ids)
+    return MethodRun(runs, time.perf_counter() - t0, decoder.stats, saturated)
 
 
 def _record(timed: Timed, chunk) -> None:
@@ -275,6 +285,9 @@ def _figures(results: dict[str, MethodRun], reference: dict[str, Run]) -> dict:
             out[f"{method}_seq_tokens_per_step"] = round(
                 float(np.mean([len(r.tokens) / r.steps for r in runs.values() if r.steps])), 2
             )
+        if result.saturated is not None:
+            tokens, seconds = result.saturated
+            out[f"{method}_saturated_tok_s"] = round(tokens / seconds, 2)
         if result.stats is not None:
             stats = result.stats
             out[f"{method}_mean_batch"] = round(stats.mean_batch, 2)
@@ -294,9 +307,10 @@ def _figures(results: dict[str, MethodRun], reference: dict[str, Run]) -> dict:
             out[f"{method}_time_share"] = {
                 k: round(v / result.seconds, 3) for k, v in parts.items()
             }
-            out[f"{method}_step_ms"] = round(
-                1e3 * (result.seconds - stats.prefill_s) / max(stats.steps, 1), 1
-            )
+            decode_s = result.seconds - stats.prefill_s
+            out[f"{method}_step_ms"] = round(1e3 * decode_s / max(stats.steps, 1), 1)
+            # The decode passes alone: what lookahead changes (prefill costs both methods alike).
+            out[f"{method}_decode_tok_s"] = round(stats.tokens / decode_s, 2) if decode_s else 0.0
         else:
             steps = sum(r.steps for r in runs.values())
             out[f"{method}_tokens_per_step"] = round(
@@ -305,6 +319,11 @@ def _figures(results: dict[str, MethodRun], reference: dict[str, Run]) -> dict:
     out["identity"] = min(v for k, v in out.items() if k.endswith("_identity"))
     if "plain_tok_s" in out and "lookahead_tok_s" in out:
         out["lookahead_vs_plain"] = round(out["lookahead_tok_s"] / out["plain_tok_s"], 3)
+    for part in ("decode", "saturated"):
+        if out.get(f"plain_{part}_tok_s") and f"lookahead_{part}_tok_s" in out:
+            out[f"lookahead_{part}_vs_plain"] = round(
+                out[f"lookahead_{part}_tok_s"] / out[f"plain_{part}_tok_s"], 3
+            )
     if "padded_tok_s" in out and "lookahead_tok_s" in out:
         out["lookahead_vs_padded"] = round(out["lookahead_tok_s"] / out["padded_tok_s"], 3)
     if "sequential_tok_s" in out and "lookahead_tok_s" in out:
@@ -340,6 +359,8 @@ _COLUMNS = (
     ("plain_tok_s", "plain t/s", "{:.1f}"),
     ("lookahead_tok_s", "la t/s", "{:.1f}"),
     ("lookahead_vs_plain", "la/plain", "{:.2f}x"),
+    ("lookahead_saturated_vs_plain", "full rows la/plain", "{:.2f}x"),
+    ("lookahead_decode_vs_plain", "decode la/plain", "{:.2f}x"),
     ("lookahead_vs_sequential", "la/seq", "{:.2f}x"),
     ("lookahead_vs_padded", "la/padded", "{:.2f}x"),
     ("plain_mean_batch", "plain B", "{:.1f}"),

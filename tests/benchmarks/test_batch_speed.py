@@ -74,6 +74,13 @@ def test_bench_batch_reports_every_batch_size_and_method(capsys, saved_model, pr
         assert figures["plain_draft_rows_per_step"] == 0
         assert figures["plain_tokens_per_step"] == pytest.approx(figures["plain_mean_batch"])
         assert 0 < figures["lookahead_draft_rows_per_step"] <= 4 * int(b)
+        for method in ("plain", "lookahead", "padded"):  # decode passes only: faster than whole
+            assert figures[f"{method}_decode_tok_s"] > figures[f"{method}_tok_s"]
+        for method in ("plain", "lookahead", "padded"):  # rows refilled: 4 prompts > B
+            assert figures[f"{method}_saturated_tok_s"] > 0
+        assert figures["lookahead_decode_vs_plain"] == pytest.approx(
+            figures["lookahead_decode_tok_s"] / figures["plain_decode_tok_s"], abs=2e-3
+        )
     assert report["per_batch"]["3"]["plain_mean_batch"] > 1
     assert report["mismatches"] == []
     assert report["config"]["prompts"] == 4
@@ -106,6 +113,8 @@ def test_bench_batch_methods_subset_and_bad_options(capsys, saved_model, prompts
     )  # fmt: skip
     figures = report["per_batch"]["2"]
     assert "sequential_tok_s" not in figures
+    assert report["config"]["prompts"] == 2  # one wave: no prompt ever waited for a row
+    assert "lookahead_saturated_tok_s" not in figures
     assert figures["lookahead_vs_plain"] > 0
     assert report["config"]["categories"] == ["rag"]
     with pytest.raises(SystemExit, match="--batch-sizes"):
