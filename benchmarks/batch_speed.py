@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -95,6 +96,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prefill-chunk", type=int, default=256, help="prompt tokens a step while others decode"
     )
     parser.add_argument(
+        "--per-prompt",
+        type=Path,
+        help="also write each prompt's figures per B and method here (JSONL): which prompts gain",
+    )
+    parser.add_argument(
         "--prefix-cache-mb",
         type=int,
         help="each batched run's prefix cache (default: as served on --device, 1024 on a CPU; "
@@ -128,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     for method in methods:  # warm-up: first-call allocations, not timed
         runners[method](prompts[:2], 2, 4)
     reference = _greedy(engine, prompts, config.max_new_tokens)
-    per_batch, mismatches = {}, []
+    per_batch, mismatches, rows = {}, [], []
     bar = tqdm(total=len(batch_sizes) * len(methods), desc="bench-batch", file=sys.stderr)
     for i, b in enumerate(batch_sizes):
         results = {}
@@ -140,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         for method, result in results.items():
             found = find_mismatches(engine.lm.model, prompts, reference, result.runs, method)
             mismatches += [{"batch": b, "method": method, **m} for m in found]
+            rows += _per_prompt(b, method, prompts, result.runs, reference)
     bar.close()
     report = {
         "per_batch": per_batch,
@@ -167,9 +174,39 @@ def run(args: argparse.Namespace) -> int:
             str(b): {str(q): round(t, 2) for q, t in curve.t_ms.items()}
             for b, curve in engine.costs(max(batch_sizes)).curves.items()
         }
+    if args.per_prompt is not None:
+        args.per_prompt.write_text("".join(json.dumps(row) + "\n" for row in rows))
     print(format_table(report))
     print(json.dumps(report))
     return 0
+
+
+def _per_prompt(
+    batch: int,
+    method: str,
+    prompts: list[Prompt],
+    runs: dict[str, Timed],
+    reference: dict[str, Run],
+) -> list[dict]:
+    """One row per prompt: its answer's length, steps and first-token time in this run."""
+    rows = []
+    for prompt in prompts:
+        run = runs[prompt.id]
+        rows.append(
+            {
+                "batch": batch,
+                "method": method,
+                "id": prompt.id,
+                "category": prompt.category,
+                "prompt_tokens": len(prompt.ids),
+                "tokens": len(run.tokens),
+                "steps": run.steps,
+                "tokens_per_step": round(len(run.tokens) / run.steps, 3) if run.steps else None,
+                "ttft_s": round(run.ttft, 4),
+                "identical": run.tokens == reference[prompt.id].tokens,
+            }
+        )
+    return rows
 
 
 def _runners(

@@ -106,11 +106,25 @@ def test_bench_batch_counts_prompt_tokens_computed_and_reused(capsys, saved_mode
         assert cached[f"{method}_identity"] == uncached[f"{method}_identity"] == 1.0
 
 
-def test_bench_batch_methods_subset_and_bad_options(capsys, saved_model, prompts_file):
+def test_bench_batch_methods_subset_and_bad_options(capsys, saved_model, prompts_file, tmp_path):
+    per_prompt = tmp_path / "per_prompt.jsonl"
     _, report = bench_batch(
         capsys, prompts_file, "--model", saved_model, "--max-new-tokens", 4, "--draft-size", 2,
         "--batch-sizes", "2", "--methods", "plain,lookahead", "--categories", "rag",
+        "--per-prompt", per_prompt,
     )  # fmt: skip
+    rows = [json.loads(line) for line in per_prompt.read_text().splitlines()]
+    assert sorted((r["method"], r["id"]) for r in rows) == [
+        (m, i) for m in ("lookahead", "plain") for i in ("1", "2")
+    ]
+    for row in rows:
+        assert (row["batch"], row["category"], row["identical"]) == (2, "rag", True)
+        assert 1 <= row["tokens"] <= 4
+        assert row["steps"] >= 1
+        assert row["ttft_s"] >= 0
+        assert row["prompt_tokens"] > 0
+        if row["method"] == "plain":
+            assert row["tokens_per_step"] == 1.0
     figures = report["per_batch"]["2"]
     assert "sequential_tok_s" not in figures
     assert report["config"]["prompts"] == 2  # one wave: no prompt ever waited for a row
