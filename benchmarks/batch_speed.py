@@ -120,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
         if args.prefix_cache_mb is None
         else args.prefix_cache_mb << 20
     )
+    if args.per_prompt is not None:  # before the run, not after it: nothing measured is lost
+        try:
+            args.per_prompt.write_text("")
+        except OSError as exc:
+            raise SystemExit(f"--per-prompt: cannot write {args.per_prompt}: {exc}") from exc
     torch.set_num_threads(args.threads)
     draft_size = args.draft_size if args.draft_size == "auto" else int(args.draft_size)
     config = LookaheadConfig(
@@ -174,10 +179,10 @@ def run(args: argparse.Namespace) -> int:
             str(b): {str(q): round(t, 2) for q, t in curve.t_ms.items()}
             for b, curve in engine.costs(max(batch_sizes)).curves.items()
         }
-    if args.per_prompt is not None:
-        args.per_prompt.write_text("".join(json.dumps(row) + "\n" for row in rows))
     print(format_table(report))
     print(json.dumps(report))
+    if args.per_prompt is not None:
+        args.per_prompt.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return 0
 
 

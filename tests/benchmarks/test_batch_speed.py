@@ -135,5 +135,7 @@ def test_bench_batch_methods_subset_and_bad_options(capsys, saved_model, prompts
         main(["bench-batch", str(prompts_file), "--batch-sizes", "0,2"])
     with pytest.raises(SystemExit, match="--methods"):
         main(["bench-batch", str(prompts_file), "--methods", "beam"])
+    with pytest.raises(SystemExit, match="--per-prompt: cannot write"):
+        main(["bench-batch", str(prompts_file), "--per-prompt", str(tmp_path / "no" / "f.jsonl")])
     with pytest.raises(SystemExit, match="--prefix-cache-mb"):
         main(["bench-batch", str(prompts_file), "--prefix-cache-mb", "-1"])
